@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Makes sure the PostgreSQL and Redis the test suite talks to are answering, starting them when
+# they are installed but stopped. Tests use postgres://postgres@127.0.0.1:5432/test unless
+# DOCRAG_TEST_POSTGRES_URL says otherwise.
+set -euo pipefail
+
+pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; }
+redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
+
+if ! pg_up; then
+  if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+    echo "services: starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+  fi
+  for _ in $(seq 1 30); do pg_up && break; sleep 1; done
+fi
+pg_up || { echo "services: PostgreSQL is not answering on 127.0.0.1:5432" >&2; exit 1; }
+
+if ! redis_up; then
+  if command -v redis-server >/dev/null 2>&1; then
+    echo "services: starting Redis"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no || true
+  fi
+  for _ in $(seq 1 30); do redis_up && break; sleep 1; done
+fi
+redis_up || { echo "services: Redis is not answering on 127.0.0.1:6379" >&2; exit 1; }
+echo "services: PostgreSQL and Redis answer"

@@ -1,0 +1,454 @@
+//! The public REST API (port 8080): documents, jobs, collections, search and question answering,
+//! described at `/openapi.json`. Handlers are thin: they check transport-level input (body size,
+//! content type, ids) and call the ingest, query and response modules through their traits.
+//! Every route takes a [`Caller`] so authentication can be enforced without touching it.
+
+pub mod model;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_multipart::Multipart;
+use actix_web::http::StatusCode;
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use base64::Engine;
+use futures::{FutureExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use utoipa::OpenApi;
+use uuid::Uuid;
+
+use self::model::*;
+use crate::AppState;
+use crate::http::{
+    ApiError, ApiResult, Check, check_database, check_embedder, check_vectors, deserialize_error,
+};
+use crate::ingest::Upload;
+use crate::query::SearchParams;
+use crate::response::AnswerParams;
+use crate::security::Caller;
+use crate::storage::{CollectionInfo, Document, Job, JobStatus};
+use crate::telemetry::RequestId;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "doc-rag",
+        description = "Document RAG service: ingest documents, search them, ask questions with cited answers."
+    ),
+    paths(
+        create_document,
+        list_documents,
+        get_document,
+        delete_document,
+        get_job,
+        list_collections,
+        search,
+        query
+    ),
+    components(schemas(
+        CreateDocument,
+        DocumentAccepted,
+        DocumentList,
+        DocumentDeleted,
+        SearchRequest,
+        SearchResponse,
+        SearchHit,
+        QueryRequest,
+        QueryResponse,
+        Citation,
+        ErrorBody,
+        Document,
+        Job,
+        JobStatus,
+        CollectionInfo,
+        crate::storage::DocumentStatus,
+        crate::storage::vector::SearchMode
+    ))
+)]
+pub struct ApiDoc;
+
+#[derive(Debug, Deserialize)]
+pub struct WaitParam {
+    #[serde(default)]
+    wait: bool,
+}
+
+fn request_id(req: &HttpRequest) -> Option<String> {
+    req.extensions().get::<RequestId>().map(|r| r.0.clone())
+}
+
+/// Reads the whole body, refusing more than `limit` bytes.
+async fn read_body(mut payload: web::Payload, limit: usize) -> ApiResult<web::BytesMut> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::too_large(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn upload_from_json(doc: CreateDocument, request_id: Option<String>) -> ApiResult<Upload> {
+    let (content, content_type) = match (doc.text, doc.content_base64) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give either text or content_base64, not both",
+            ));
+        }
+        (Some(text), None) => (
+            text.into_bytes(),
+            doc.content_type.or(Some("text/plain".into())),
+        ),
+        (None, Some(b64)) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| {
+                    ApiError::bad_request(format!("content_base64 is not valid base64: {e}"))
+                })?;
+            if doc.content_type.is_none() {
+                return Err(ApiError::bad_request(
+                    "content_type is required with content_base64",
+                ));
+            }
+            (bytes, doc.content_type)
+        }
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "missing field: text or content_base64",
+            ));
+        }
+    };
+    if doc.title.as_deref().is_none_or(|t| t.trim().is_empty()) {
+        return Err(ApiError::bad_request("missing field: title"));
+    }
+    Ok(Upload {
+        title: doc.title,
+        file_name: None,
+        content_type,
+        content,
+        collection: doc.collection,
+        external_id: doc.external_id,
+        metadata: doc.metadata,
+        request_id,
+    })
+}
+
+async fn upload_from_multipart(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    request_id: Option<String>,
+) -> ApiResult<Upload> {
+    let mut form = Multipart::new(req.headers(), payload);
+    let mut upload = Upload {
+        title: None,
+        file_name: None,
+        content_type: None,
+        content: Vec::new(),
+        collection: None,
+        external_id: None,
+        metadata: None,
+        request_id,
+    };
+    let mut have_file = false;
+    let mut total = 0usize;
+    while let Some(field) = form.next().await {
+        let mut field =
+            field.map_err(|e| ApiError::bad_request(format!("malformed multipart body: {e}")))?;
+        let name = field.name().unwrap_or_default().to_string();
+        let file_name = field
+            .content_disposition()
+            .and_then(|d| d.get_filename())
+            .map(str::to_string);
+        let mime = field.content_type().map(|m| m.essence_str().to_string());
+        let mut data = Vec::new();
+        while let Some(chunk) = field.next().await {
+            let chunk = chunk
+                .map_err(|e| ApiError::bad_request(format!("malformed multipart body: {e}")))?;
+            total += chunk.len();
+            if total > limit {
+                return Err(ApiError::too_large(limit));
+            }
+            data.extend_from_slice(&chunk);
+        }
+        let text = || {
+            String::from_utf8(data.clone())
+                .map_err(|_| ApiError::bad_request(format!("field {name} is not UTF-8")))
+        };
+        match name.as_str() {
+            "file" => {
+                have_file = true;
+                upload.file_name = file_name;
+                upload.content_type = mime;
+                upload.content = data;
+            }
+            "title" => upload.title = Some(text()?),
+            "collection" => upload.collection = Some(text()?),
+            "external_id" => upload.external_id = Some(text()?),
+            "metadata" => {
+                let value: Map<String, Value> = serde_json::from_str(&text()?).map_err(|e| {
+                    ApiError::bad_request(format!("metadata must be a JSON object: {e}"))
+                })?;
+                upload.metadata = Some(value);
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown form field {other:?}"
+                )));
+            }
+        }
+    }
+    if !have_file {
+        return Err(ApiError::bad_request("missing form field: file"));
+    }
+    Ok(upload)
+}
+
+/// Upload a document. JSON (`text`, or `content_base64` + `content_type`) or multipart (`file`).
+#[utoipa::path(post, path = "/v1/documents", request_body = CreateDocument,
+    params(("wait" = Option<bool>, Query, description = "wait for indexing to finish")),
+    responses((status = 202, body = DocumentAccepted), (status = 200, body = DocumentAccepted, description = "indexed (wait=true)"),
+        (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_document(
+    _caller: Caller,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    wait: web::Query<WaitParam>,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let limit = state.settings.api.max_body_bytes;
+    if let Some(len) = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(ApiError::too_large(limit));
+    }
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let rid = request_id(&req);
+    let upload = if content_type.starts_with("application/json") {
+        let body = read_body(payload, limit).await?;
+        let doc: CreateDocument =
+            serde_json::from_slice(&body).map_err(|e| deserialize_error(&e))?;
+        upload_from_json(doc, rid)?
+    } else if content_type.starts_with("multipart/form-data") {
+        upload_from_multipart(&req, payload, limit, rid).await?
+    } else {
+        return Err(ApiError::unsupported_media(
+            "send application/json or multipart/form-data (a file field)",
+        ));
+    };
+    let submitted = state.ingest.submit(upload).await?;
+    let mut accepted = DocumentAccepted {
+        document_id: submitted.document_id,
+        job_id: submitted.job_id,
+        status: JobStatus::Queued,
+        replaced: submitted.replaced,
+        error: None,
+    };
+    if !wait.wait {
+        return Ok(HttpResponse::Accepted().json(accepted));
+    }
+    let job = state
+        .ingest
+        .wait(
+            submitted.job_id,
+            Duration::from_secs(state.settings.api.wait_timeout_secs),
+        )
+        .await?;
+    accepted.status = job.status;
+    accepted.error = job.error.clone();
+    match job.status {
+        JobStatus::Done => Ok(HttpResponse::Ok().json(accepted)),
+        JobStatus::Failed => Ok(HttpResponse::build(StatusCode::UNPROCESSABLE_ENTITY).json(
+            json!({
+                "code": "ingestion_failed",
+                "message": job.error.unwrap_or_else(|| "ingestion failed".into()),
+                "document_id": accepted.document_id,
+                "job_id": accepted.job_id,
+            }),
+        )),
+        JobStatus::Queued | JobStatus::Running => Ok(HttpResponse::Accepted().json(accepted)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    collection: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/v1/documents",
+    params(("collection" = Option<String>, Query,), ("limit" = Option<i64>, Query, description = "1..=1000, default 100"), ("offset" = Option<i64>, Query,)),
+    responses((status = 200, body = DocumentList)))]
+pub async fn list_documents(
+    _caller: Caller,
+    state: web::Data<AppState>,
+    q: web::Query<ListParams>,
+) -> ApiResult<HttpResponse> {
+    let limit = q.limit.unwrap_or(100);
+    let offset = q.offset.unwrap_or(0);
+    if !(1..=1000).contains(&limit) || offset < 0 {
+        return Err(ApiError::bad_request(
+            "limit must be 1..=1000 and offset >= 0",
+        ));
+    }
+    let documents = state
+        .storage
+        .metadata
+        .list_documents(q.collection.clone(), limit, offset)
+        .await?;
+    Ok(HttpResponse::Ok().json(DocumentList {
+        documents,
+        limit,
+        offset,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/documents/{id}", responses((status = 200, body = Document), (status = 404, body = ErrorBody)))]
+pub async fn get_document(
+    _caller: Caller,
+    state: web::Data<AppState>,
+    id: web::Path<Uuid>,
+) -> ApiResult<HttpResponse> {
+    let doc = state
+        .storage
+        .metadata
+        .get_document(*id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("document"))?;
+    Ok(HttpResponse::Ok().json(doc))
+}
+
+#[utoipa::path(delete, path = "/v1/documents/{id}", responses((status = 200, body = DocumentDeleted), (status = 404, body = ErrorBody)))]
+pub async fn delete_document(
+    _caller: Caller,
+    state: web::Data<AppState>,
+    id: web::Path<Uuid>,
+) -> ApiResult<HttpResponse> {
+    match state.ingest.delete(*id).await? {
+        Some(_) => Ok(HttpResponse::Ok().json(DocumentDeleted {
+            document_id: *id,
+            deleted: true,
+        })),
+        None => Err(ApiError::not_found("document")),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}", responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
+pub async fn get_job(
+    _caller: Caller,
+    state: web::Data<AppState>,
+    id: web::Path<Uuid>,
+) -> ApiResult<HttpResponse> {
+    let job = state
+        .storage
+        .metadata
+        .get_job(*id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job"))?;
+    Ok(HttpResponse::Ok().json(job))
+}
+
+#[utoipa::path(get, path = "/v1/collections", responses((status = 200, body = Vec<CollectionInfo>)))]
+pub async fn list_collections(
+    _caller: Caller,
+    state: web::Data<AppState>,
+) -> ApiResult<HttpResponse> {
+    let collections = state.storage.metadata.list_collections().await?;
+    Ok(HttpResponse::Ok().json(json!({ "collections": collections })))
+}
+
+/// Transport-neutral search shared by the API and the query module's port.
+pub async fn run_search(state: &AppState, req: SearchRequest) -> ApiResult<SearchResponse> {
+    let started = Instant::now();
+    let params: SearchParams = state.query_params(req)?;
+    let mode = params.mode;
+    let outcome = state.search.search(params).await?;
+    Ok(SearchResponse {
+        results: outcome.hits,
+        mode,
+        cached: outcome.cached,
+        took_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+#[utoipa::path(post, path = "/v1/search", request_body = SearchRequest,
+    responses((status = 200, body = SearchResponse), (status = 400, body = ErrorBody)))]
+pub async fn search(
+    _caller: Caller,
+    state: web::Data<AppState>,
+    body: web::Json<SearchRequest>,
+) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Ok().json(run_search(&state, body.into_inner()).await?))
+}
+
+#[utoipa::path(post, path = "/v1/query", request_body = QueryRequest,
+    responses((status = 200, body = QueryResponse), (status = 400, body = ErrorBody)))]
+pub async fn query(
+    _caller: Caller,
+    state: web::Data<AppState>,
+    body: web::Json<QueryRequest>,
+) -> ApiResult<HttpResponse> {
+    let q = body.into_inner();
+    let answer = state
+        .response
+        .answer(AnswerParams {
+            query: q.query,
+            top_k: q.top_k,
+            collection: q.collection,
+            filter: q.filter,
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
+}
+
+async fn index() -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "service": "doc-rag",
+        "version": env!("CARGO_PKG_VERSION"),
+        "openapi": "/openapi.json",
+    }))
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/", web::get().to(index))
+        .route("/openapi.json", web::get().to(openapi))
+        .route("/v1/documents", web::post().to(create_document))
+        .route("/v1/documents", web::get().to(list_documents))
+        .route("/v1/documents/{id}", web::get().to(get_document))
+        .route("/v1/documents/{id}", web::delete().to(delete_document))
+        .route("/v1/jobs/{id}", web::get().to(get_job))
+        .route("/v1/collections", web::get().to(list_collections))
+        .route("/v1/search", web::post().to(search))
+        .route("/v1/query", web::post().to(query));
+}
+
+pub fn readiness(
+    state: Arc<AppState>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Check>> + Send>> {
+    async move {
+        vec![
+            check_database(&state).await,
+            check_vectors(&state).await,
+            check_embedder(&state).await,
+        ]
+    }
+    .boxed()
+}

@@ -1,0 +1,147 @@
+//! Request and response bodies of the public REST API (`/v1`). Shared by the server and the CLI
+//! client so the two cannot drift apart.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::storage::vector::SearchMode;
+use crate::storage::{Document, JobStatus};
+
+/// `POST /v1/documents` as JSON: either `text`, or `content_base64` with `content_type`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDocument {
+    /// Shown in citations. Defaults to the file name for uploads; required otherwise.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// Plain text (or Markdown with `content_type: text/markdown`).
+    #[serde(default)]
+    pub text: Option<String>,
+    /// The original file, base64-encoded.
+    #[serde(default)]
+    pub content_base64: Option<String>,
+    /// `text/plain`, `text/markdown`, `text/html` or `application/pdf`.
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// Defaults to `default`.
+    #[serde(default)]
+    pub collection: Option<String>,
+    /// Your id for the document; uploading again with the same id in a collection replaces it.
+    #[serde(default)]
+    pub external_id: Option<String>,
+    /// Free-form JSON object, returned with results and usable in search filters.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DocumentAccepted {
+    pub document_id: Uuid,
+    pub job_id: Uuid,
+    pub status: JobStatus,
+    /// True when an existing document with the same `external_id` was replaced.
+    pub replaced: bool,
+    /// The job's failure reason, when `?wait=true` and it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DocumentList {
+    pub documents: Vec<Document>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DocumentDeleted {
+    pub document_id: Uuid,
+    pub deleted: bool,
+}
+
+/// `POST /v1/search`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    pub query: String,
+    /// Number of chunks to return (1..=100, default 10).
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    #[serde(default)]
+    pub mode: Option<SearchMode>,
+    #[serde(default)]
+    pub collection: Option<String>,
+    /// Metadata equality filter: `{"field": value}` or `{"field": [v1, v2]}` (any of).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SearchHit {
+    pub document_id: Uuid,
+    pub chunk_id: Uuid,
+    pub chunk_index: u32,
+    pub score: f32,
+    pub text: String,
+    pub title: String,
+    pub collection: String,
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SearchResponse {
+    pub results: Vec<SearchHit>,
+    pub mode: SearchMode,
+    pub cached: bool,
+    pub took_ms: u64,
+}
+
+/// `POST /v1/query`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    pub query: String,
+    /// Number of chunks the answer draws on (1..=20, default 5).
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    #[serde(default)]
+    pub collection: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Citation {
+    /// The number the answer uses to mark sentences from this source: `[n]`.
+    pub n: usize,
+    pub document_id: Uuid,
+    pub chunk_id: Uuid,
+    pub title: String,
+    pub snippet: String,
+    pub score: f32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueryResponse {
+    pub answer: String,
+    pub citations: Vec<Citation>,
+    /// How well the sources support the answer, in [0, 1].
+    pub confidence: f32,
+    pub cached: bool,
+    pub took_ms: u64,
+}
+
+/// Every error the API returns: a stable machine-readable `code` and a human `message`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}

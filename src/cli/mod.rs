@@ -1,0 +1,109 @@
+//! The `doc-rag` command line: `serve` and `migrate` run the service side; `ingest`, `ask` and
+//! `search` are HTTP clients of a running service (see [`client`]).
+
+pub mod client;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Overrides, Settings};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "doc-rag",
+    version,
+    about = "Document RAG service: ingest documents, ask questions, get cited answers"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the service (all six module servers)
+    Serve(ServiceArgs),
+    /// Create or upgrade the database schema, then exit
+    Migrate(ServiceArgs),
+    /// Upload files or folders and wait until they are indexed
+    Ingest(client::IngestArgs),
+    /// Ask a question; prints the answer and its numbered sources
+    Ask(client::AskArgs),
+    /// Search; prints ranked chunks with scores
+    Search(client::SearchArgs),
+}
+
+/// Configuration flags of the service side; they override files and environment.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServiceArgs {
+    /// Environment file (TOML) layered over the defaults
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// storage.data_dir
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// database.url (postgres://… or empty for SQLite in the data dir)
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// log.format: pretty | json
+    #[arg(long)]
+    pub log_format: Option<String>,
+    /// Any key: --set section.key=value (repeatable)
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+impl ServiceArgs {
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let mut o = Overrides {
+            config_file: self.config.clone(),
+            pairs: Vec::new(),
+        };
+        if let Some(d) = &self.data_dir {
+            o = o.set("storage.data_dir", d.display().to_string());
+        }
+        if let Some(u) = &self.database_url {
+            o = o.set("database.url", u.clone());
+        }
+        if let Some(f) = &self.log_format {
+            o = o.set("log.format", f.clone());
+        }
+        for kv in &self.set {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--set {kv}: expected KEY=VALUE"))?;
+            o = o.set(k.trim(), v.trim().to_string());
+        }
+        Ok(Settings::load(o)?)
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let settings = args.settings()?;
+            crate::telemetry::init_logging(&settings.log);
+            tracing::info!(data_dir = %settings.storage.data_dir.display(), "starting doc-rag {}", env!("CARGO_PKG_VERSION"));
+            let app = crate::Application::build(settings).await.map_err(|e| {
+                tracing::error!(error = format!("{e:#}"), "start-up failed");
+                e
+            })?;
+            app.run_until_stopped().await
+        }
+        Command::Migrate(args) => {
+            let settings = args.settings()?;
+            crate::telemetry::init_logging(&settings.log);
+            let storage = crate::open_storage(&settings).await?;
+            println!(
+                "database schema is up to date ({})",
+                storage.metadata.backend()
+            );
+            Ok(())
+        }
+        Command::Ingest(args) => client::ingest(args).await,
+        Command::Ask(args) => client::ask(args).await,
+        Command::Search(args) => client::search(args).await,
+    }
+}

@@ -1,0 +1,407 @@
+//! Typed, layered configuration.
+//!
+//! Sources, lowest precedence first: the defaults compiled in from `config/default.toml`, an
+//! environment file (`--config FILE`, else `config/$DOCRAG_ENV.toml` when it exists), environment
+//! variables `DOCRAG__SECTION__KEY`, then command-line overrides. Secrets (the database URL can
+//! carry a password) are wrapped so `Debug` and logs never print them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+const DEFAULTS: &str = include_str!("../../config/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub storage: StorageSettings,
+    pub database: DatabaseSettings,
+    pub api: ApiSettings,
+    pub security: ServerSettings,
+    pub query: QuerySettings,
+    pub response: ResponseSettings,
+    pub embedder: EmbedderSettings,
+    pub ingest: IngestSettings,
+    pub cache: CacheSettings,
+    pub log: LogSettings,
+}
+
+/// Where one module's HTTP server listens. Port 0 picks a free port (tests).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    pub bind: String,
+    pub port: u16,
+}
+
+impl ServerSettings {
+    pub fn addr(&self) -> Result<SocketAddr, ConfigError> {
+        let host = self.bind.trim_start_matches('[').trim_end_matches(']');
+        let ip: std::net::IpAddr = host.parse().map_err(|_| {
+            ConfigError::Invalid(format!("bind address {:?} is not an IP address", self.bind))
+        })?;
+        Ok(SocketAddr::new(ip, self.port))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StorageSettings {
+    pub data_dir: PathBuf,
+    pub bind: String,
+    pub port: u16,
+}
+
+impl StorageSettings {
+    pub fn server(&self) -> ServerSettings {
+        ServerSettings {
+            bind: self.bind.clone(),
+            port: self.port,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    pub pool_size: u32,
+    pub busy_timeout_ms: u64,
+}
+
+/// The relational backend `database.url` selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseKind {
+    Sqlite(PathBuf),
+    Postgres,
+}
+
+impl DatabaseSettings {
+    pub fn kind(&self, data_dir: &Path) -> Result<DatabaseKind, ConfigError> {
+        let url = self.url.expose_secret().trim();
+        if url.is_empty() {
+            return Ok(DatabaseKind::Sqlite(data_dir.join("doc-rag.sqlite3")));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(DatabaseKind::Postgres);
+        }
+        if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            return Ok(DatabaseKind::Sqlite(PathBuf::from(path)));
+        }
+        Err(ConfigError::Invalid(
+            "database.url must be empty (SQLite in the data dir), sqlite://PATH or postgres://…"
+                .into(),
+        ))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiSettings {
+    pub bind: String,
+    pub port: u16,
+    pub max_body_bytes: usize,
+    pub wait_timeout_secs: u64,
+    pub workers: usize,
+}
+
+impl ApiSettings {
+    pub fn server(&self) -> ServerSettings {
+        ServerSettings {
+            bind: self.bind.clone(),
+            port: self.port,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct QuerySettings {
+    pub bind: String,
+    pub port: u16,
+    pub default_top_k: usize,
+    pub max_top_k: usize,
+    pub prefetch_limit: usize,
+    pub rrf_k: usize,
+    pub bm25_k1: f64,
+    pub bm25_b: f64,
+    pub bm25_avg_len: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ResponseSettings {
+    pub bind: String,
+    pub port: u16,
+    pub default_top_k: usize,
+    pub max_top_k: usize,
+    pub max_sentences: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmbedderSettings {
+    pub bind: String,
+    pub port: u16,
+    pub model_dir: PathBuf,
+    pub ort_library: PathBuf,
+    pub dimension: usize,
+    pub max_length: usize,
+    pub batch_size: usize,
+    pub threads: usize,
+}
+
+impl EmbedderSettings {
+    pub fn ort_library_path(&self) -> PathBuf {
+        if self.ort_library.is_absolute() {
+            self.ort_library.clone()
+        } else {
+            self.model_dir.join(&self.ort_library)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct IngestSettings {
+    pub workers: usize,
+    pub chunk_max_tokens: usize,
+    pub chunk_overlap_tokens: usize,
+    pub max_attempts: i32,
+    pub lease_secs: u64,
+    pub poll_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CacheSettings {
+    pub max_entries: u64,
+    pub ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// Command-line layer: explicit flags plus generic `section.key=value` pairs.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub pairs: Vec<(String, String)>,
+}
+
+impl Overrides {
+    pub fn set(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.pairs.push((key.to_string(), value.into()));
+        self
+    }
+}
+
+impl Settings {
+    /// Loads every layer. The process environment is read; tests that need isolation use
+    /// [`Settings::from_layers`].
+    pub fn load(overrides: Overrides) -> Result<Self, ConfigError> {
+        let env_file = match &overrides.config_file {
+            Some(path) => Some(path.clone()),
+            None => std::env::var("DOCRAG_ENV")
+                .ok()
+                .map(|env| PathBuf::from(format!("config/{env}.toml")))
+                .filter(|p| p.exists()),
+        };
+        let env = config::Environment::with_prefix("DOCRAG")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true);
+        Self::from_layers(env_file.as_deref(), Some(env), &overrides.pairs)
+    }
+
+    /// Defaults plus an optional file and command-line pairs, ignoring the environment.
+    pub fn defaults_with(pairs: &[(String, String)]) -> Result<Self, ConfigError> {
+        Self::from_layers(None, None, pairs)
+    }
+
+    fn from_layers(
+        file: Option<&Path>,
+        env: Option<config::Environment>,
+        pairs: &[(String, String)],
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).required(true));
+        }
+        if let Some(env) = env {
+            builder = builder.add_source(env);
+        }
+        for (key, value) in pairs {
+            builder = builder.set_override(key.as_str(), value.as_str())?;
+        }
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.ingest.chunk_overlap_tokens >= self.ingest.chunk_max_tokens {
+            return invalid(
+                "ingest.chunk_overlap_tokens must be smaller than ingest.chunk_max_tokens",
+            );
+        }
+        if self.ingest.workers == 0 {
+            return invalid("ingest.workers must be at least 1");
+        }
+        if self.embedder.batch_size == 0 {
+            return invalid("embedder.batch_size must be at least 1");
+        }
+        if self.query.default_top_k == 0 || self.query.default_top_k > self.query.max_top_k {
+            return invalid("query.default_top_k must be in 1..=query.max_top_k");
+        }
+        if self.response.default_top_k == 0 || self.response.default_top_k > self.response.max_top_k
+        {
+            return invalid("response.default_top_k must be in 1..=response.max_top_k");
+        }
+        self.database.kind(&self.storage.data_dir)?;
+        for server in self.servers() {
+            server.1.addr()?;
+        }
+        Ok(())
+    }
+
+    /// Every module's listener, by module name.
+    pub fn servers(&self) -> [(&'static str, ServerSettings); 6] {
+        [
+            ("api", self.api.server()),
+            ("security", self.security.clone()),
+            (
+                "query",
+                ServerSettings {
+                    bind: self.query.bind.clone(),
+                    port: self.query.port,
+                },
+            ),
+            (
+                "response",
+                ServerSettings {
+                    bind: self.response.bind.clone(),
+                    port: self.response.port,
+                },
+            ),
+            (
+                "embedder",
+                ServerSettings {
+                    bind: self.embedder.bind.clone(),
+                    port: self.embedder.port,
+                },
+            ),
+            ("storage", self.storage.server()),
+        ]
+    }
+
+    /// Settings for tests and tools: every port 0, data in `data_dir`, models from `model_dir`.
+    pub fn for_tests(data_dir: &Path, model_dir: &Path) -> Result<Self, ConfigError> {
+        let mut pairs: Vec<(String, String)> = [
+            "api", "security", "query", "response", "embedder", "storage",
+        ]
+        .iter()
+        .map(|m| (format!("{m}.port"), "0".to_string()))
+        .collect();
+        pairs.push(("api.bind".into(), "127.0.0.1".into()));
+        pairs.push(("storage.data_dir".into(), data_dir.display().to_string()));
+        pairs.push(("embedder.model_dir".into(), model_dir.display().to_string()));
+        Self::defaults_with(&pairs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_use_the_runbook_ports() {
+        let s = Settings::defaults_with(&[]).unwrap();
+        let ports: Vec<_> = s.servers().iter().map(|(m, srv)| (*m, srv.port)).collect();
+        assert_eq!(
+            ports,
+            vec![
+                ("api", 8080),
+                ("security", 8087),
+                ("query", 8084),
+                ("response", 8085),
+                ("embedder", 8082),
+                ("storage", 8083)
+            ]
+        );
+        assert_eq!(
+            s.database.kind(&s.storage.data_dir).unwrap(),
+            DatabaseKind::Sqlite(PathBuf::from("./data/doc-rag.sqlite3"))
+        );
+        assert_eq!(s.log.format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn overrides_win_and_are_validated() {
+        let s =
+            Settings::defaults_with(&[("database.url".into(), "postgres://u:hunter2@db/x".into())])
+                .unwrap();
+        assert_eq!(
+            s.database.kind(&s.storage.data_dir).unwrap(),
+            DatabaseKind::Postgres
+        );
+        assert!(
+            !format!("{s:?}").contains("hunter2"),
+            "Debug must not print the database password"
+        );
+        let err = Settings::defaults_with(&[("ingest.chunk_overlap_tokens".into(), "500".into())])
+            .unwrap_err();
+        assert!(err.to_string().contains("chunk_overlap_tokens"));
+        assert!(Settings::defaults_with(&[("database.url".into(), "mysql://x".into())]).is_err());
+        assert!(Settings::defaults_with(&[("api.bind".into(), "localhost".into())]).is_err());
+    }
+
+    #[test]
+    fn environment_file_layer_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("prod.toml");
+        std::fs::write(&file, "[log]\nformat = \"json\"\n[query]\nport = 9999\n").unwrap();
+        let s = Settings::from_layers(Some(&file), None, &[("query.port".into(), "7777".into())])
+            .unwrap();
+        assert_eq!(s.log.format, LogFormat::Json);
+        assert_eq!(s.query.port, 7777, "command line beats the file");
+    }
+}
+
+#[cfg(test)]
+mod docs_tests {
+    /// docs/configuration.md (generated by scripts/config-docs.py) lists every key of the defaults.
+    #[test]
+    fn configuration_docs_cover_every_key() {
+        let docs = include_str!("../../docs/configuration.md");
+        let mut section = "";
+        for line in super::DEFAULTS.lines().map(str::trim) {
+            if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = s;
+            } else if let Some((key, _)) = line.split_once('=')
+                && !line.starts_with('#')
+            {
+                let full = format!("`{section}.{}`", key.trim());
+                assert!(
+                    docs.contains(&full),
+                    "docs/configuration.md lacks {full}; run scripts/config-docs.py"
+                );
+            }
+        }
+    }
+}

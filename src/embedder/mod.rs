@@ -1,0 +1,394 @@
+//! The embedder: turns text into the dense vectors (all-MiniLM-L6-v2, int8 ONNX, through fastembed
+//! with ONNX Runtime loaded from the configured library) and BM25 sparse vectors the index holds.
+//!
+//! The model runs on one dedicated thread, never on the async executor. Callers hand it texts
+//! through in-process channels: queries on a high-priority channel, ingestion on a low-priority
+//! one. The thread serves every waiting query before each ingestion batch, so a question never
+//! waits behind more than one batch of a large upload. Ingestion texts are sorted by token length
+//! before batching: padding to the longest text of a batch otherwise halves throughput on CPU.
+
+pub mod bm25;
+pub mod http;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use fastembed::{
+    InitOptionsUserDefined, Pooling, TextEmbedding, TokenizerFiles, UserDefinedEmbeddingModel,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::EmbedderSettings;
+
+pub use bm25::Bm25Encoder;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error("model files missing in {dir}: {missing} (run scripts/fetch-models.sh)")]
+    MissingFiles { dir: String, missing: String },
+    #[error("cannot load ONNX Runtime from {path}: {reason}")]
+    Runtime { path: String, reason: String },
+    #[error("cannot load the embedding model: {0}")]
+    Model(String),
+    #[error("embedding failed: {0}")]
+    Inference(String),
+    #[error("the embedder has stopped")]
+    Stopped,
+    #[error("too many texts in one request: {0} (limit {1})")]
+    TooMany(usize, usize),
+}
+
+/// Whose texts these are; queries are served first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    Query,
+    Ingest,
+}
+
+#[async_trait]
+pub trait Embedder: Send + Sync + 'static {
+    /// One normalised vector per text, in order.
+    async fn embed(
+        &self,
+        texts: Vec<String>,
+        priority: Priority,
+    ) -> Result<Vec<Vec<f32>>, EmbedError>;
+    fn dimension(&self) -> usize;
+    /// Token count without special tokens (the model truncates beyond `max_length`).
+    fn count_tokens(&self, text: &str) -> usize;
+    /// The model's tokenizer, shared with the chunker so chunk sizes are in model tokens.
+    fn tokenizer(&self) -> tokenizers::Tokenizer;
+    /// Embeds a probe text; `Err` says why the model cannot serve.
+    async fn health(&self) -> Result<(), EmbedError>;
+}
+
+struct Request {
+    texts: Vec<String>,
+    reply: oneshot::Sender<Result<Vec<Vec<f32>>, EmbedError>>,
+    span: tracing::Span,
+}
+
+/// fastembed on a dedicated thread, fed by two priority channels.
+pub struct FastEmbedder {
+    query_tx: mpsc::UnboundedSender<Request>,
+    ingest_tx: mpsc::UnboundedSender<Request>,
+    tokenizer: tokenizers::Tokenizer,
+    dimension: usize,
+    max_texts: usize,
+}
+
+const MODEL_FILES: [&str; 5] = [
+    "model.onnx",
+    "tokenizer.json",
+    "config.json",
+    "special_tokens_map.json",
+    "tokenizer_config.json",
+];
+
+impl FastEmbedder {
+    /// Loads ONNX Runtime and the model (blocking: call from a blocking context or at start-up).
+    pub fn load(settings: &EmbedderSettings) -> Result<Self, EmbedError> {
+        let dir = &settings.model_dir;
+        let missing: Vec<&str> = MODEL_FILES
+            .iter()
+            .copied()
+            .filter(|f| !dir.join(f).is_file())
+            .collect();
+        if !missing.is_empty() {
+            return Err(EmbedError::MissingFiles {
+                dir: dir.display().to_string(),
+                missing: missing.join(", "),
+            });
+        }
+        let lib = settings.ort_library_path();
+        let environment = init_runtime(&lib)?;
+        let read = |name: &str| {
+            std::fs::read(dir.join(name)).map_err(|e| EmbedError::Model(format!("{name}: {e}")))
+        };
+        let tokenizer_files = TokenizerFiles {
+            tokenizer_file: read("tokenizer.json")?,
+            config_file: read("config.json")?,
+            special_tokens_map_file: read("special_tokens_map.json")?,
+            tokenizer_config_file: read("tokenizer_config.json")?,
+        };
+        let model = UserDefinedEmbeddingModel::new(read("model.onnx")?, tokenizer_files)
+            .with_pooling(Pooling::Mean);
+        let mut options = InitOptionsUserDefined::new().with_max_length(settings.max_length);
+        options.environment = Some(environment);
+        if settings.threads > 0 {
+            options = options.with_intra_threads(settings.threads);
+        }
+        let engine = TextEmbedding::try_new_from_user_defined(model, options)
+            .map_err(|e| EmbedError::Model(e.to_string()))?;
+
+        let mut tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| EmbedError::Model(format!("tokenizer.json: {e}")))?;
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| EmbedError::Model(format!("tokenizer: {e}")))?;
+
+        let (query_tx, query_rx) = mpsc::unbounded_channel();
+        let (ingest_tx, ingest_rx) = mpsc::unbounded_channel();
+        let worker = Worker {
+            engine,
+            tokenizer: tokenizer.clone(),
+            batch_size: settings.batch_size,
+            query_rx,
+            ingest_rx,
+        };
+        std::thread::Builder::new()
+            .name("embedder".into())
+            .spawn(move || worker.run())
+            .map_err(|e| EmbedError::Model(format!("cannot start the embedder thread: {e}")))?;
+        Ok(Self {
+            query_tx,
+            ingest_tx,
+            tokenizer,
+            dimension: settings.dimension,
+            max_texts: 4096,
+        })
+    }
+}
+
+/// ONNX Runtime can be initialised once per process; later loads (tests building several
+/// applications) reuse the environment.
+fn init_runtime(lib: &Path) -> Result<ort::environment::Environment, EmbedError> {
+    use std::sync::Mutex;
+    static ENV: Mutex<Option<ort::environment::Environment>> = Mutex::new(None);
+    let mut guard = ENV.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(env) = guard.as_ref() {
+        return Ok(env.clone());
+    }
+    let runtime_err = |reason: String| EmbedError::Runtime {
+        path: lib.display().to_string(),
+        reason,
+    };
+    if !lib.is_file() {
+        return Err(runtime_err(
+            "file not found (run scripts/fetch-models.sh)".into(),
+        ));
+    }
+    let env = ort::init_from(lib)
+        .map_err(|e| runtime_err(e.to_string()))?
+        .with_name("doc-rag")
+        .build()
+        .map_err(|e| runtime_err(e.to_string()))?;
+    *guard = Some(env.clone());
+    Ok(env)
+}
+
+#[async_trait]
+impl Embedder for FastEmbedder {
+    async fn embed(
+        &self,
+        texts: Vec<String>,
+        priority: Priority,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        if texts.len() > self.max_texts {
+            return Err(EmbedError::TooMany(texts.len(), self.max_texts));
+        }
+        let (reply, rx) = oneshot::channel();
+        let request = Request {
+            texts,
+            reply,
+            span: tracing::Span::current(),
+        };
+        let tx = match priority {
+            Priority::Query => &self.query_tx,
+            Priority::Ingest => &self.ingest_tx,
+        };
+        tx.send(request).map_err(|_| EmbedError::Stopped)?;
+        rx.await.map_err(|_| EmbedError::Stopped)?
+    }
+
+    fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    fn count_tokens(&self, text: &str) -> usize {
+        self.tokenizer
+            .encode(text, false)
+            .map(|e| e.len())
+            .unwrap_or(text.len() / 4)
+    }
+
+    fn tokenizer(&self) -> tokenizers::Tokenizer {
+        self.tokenizer.clone()
+    }
+
+    async fn health(&self) -> Result<(), EmbedError> {
+        let v = self
+            .embed(vec!["health check".to_string()], Priority::Query)
+            .await?;
+        match v.first() {
+            Some(e) if e.len() == self.dimension => Ok(()),
+            _ => Err(EmbedError::Inference(
+                "unexpected embedding dimension".into(),
+            )),
+        }
+    }
+}
+
+struct Worker {
+    engine: TextEmbedding,
+    tokenizer: tokenizers::Tokenizer,
+    batch_size: usize,
+    query_rx: mpsc::UnboundedReceiver<Request>,
+    ingest_rx: mpsc::UnboundedReceiver<Request>,
+}
+
+/// An ingestion request being worked through batch by batch.
+struct Pending {
+    request: Request,
+    /// Text indices sorted by token length; batches are taken from the front.
+    order: Vec<usize>,
+    next: usize,
+    out: Vec<Option<Vec<f32>>>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        // Blocks on the channels when idle; built once, on this thread.
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
+            tracing::error!(module = "embedder", "cannot start the embedder's runtime");
+            return;
+        };
+        let mut pending: Option<Pending> = None;
+        loop {
+            // Every waiting query first, all in one model call when they fit.
+            let mut queries = Vec::new();
+            while let Ok(r) = self.query_rx.try_recv() {
+                queries.push(r);
+            }
+            if !queries.is_empty() {
+                self.serve_queries(queries);
+                continue;
+            }
+            if pending.is_none() {
+                pending = match self.ingest_rx.try_recv() {
+                    Ok(r) => Some(self.start(r)),
+                    Err(mpsc::error::TryRecvError::Empty) => None,
+                    Err(mpsc::error::TryRecvError::Disconnected) if self.query_rx.is_closed() => {
+                        return;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                };
+            }
+            if let Some(mut p) = pending.take() {
+                if self.step(&mut p) {
+                    let out: Vec<Vec<f32>> =
+                        p.out.into_iter().map(Option::unwrap_or_default).collect();
+                    let _ = p.request.reply.send(Ok(out));
+                } else if !p.request.reply.is_closed() {
+                    pending = Some(p);
+                }
+                continue;
+            }
+            // Idle: block until either channel has work.
+            let next = rt.block_on(async {
+                tokio::select! {
+                    biased;
+                    q = self.query_rx.recv() => q.map(|r| (Priority::Query, r)),
+                    i = self.ingest_rx.recv() => i.map(|r| (Priority::Ingest, r)),
+                }
+            });
+            match next {
+                Some((Priority::Query, r)) => self.serve_queries(vec![r]),
+                Some((Priority::Ingest, r)) => pending = Some(self.start(r)),
+                None => return,
+            }
+        }
+    }
+
+    fn start(&self, request: Request) -> Pending {
+        let lengths: Vec<usize> = request
+            .texts
+            .iter()
+            .map(|t| {
+                self.tokenizer
+                    .encode(t.as_str(), false)
+                    .map(|e| e.len())
+                    .unwrap_or(t.len() / 4)
+            })
+            .collect();
+        let mut order: Vec<usize> = (0..request.texts.len()).collect();
+        order.sort_by_key(|&i| lengths[i]);
+        let n = request.texts.len();
+        Pending {
+            request,
+            order,
+            next: 0,
+            out: vec![None; n],
+        }
+    }
+
+    /// Embeds the next batch of `p`; true when `p` is complete (or failed and was answered).
+    fn step(&mut self, p: &mut Pending) -> bool {
+        let end = (p.next + self.batch_size).min(p.order.len());
+        let idx = &p.order[p.next..end];
+        let texts: Vec<&str> = idx.iter().map(|&i| p.request.texts[i].as_str()).collect();
+        let _enter = p.request.span.enter();
+        let started = Instant::now();
+        match self.engine.embed(&texts, Some(texts.len())) {
+            Ok(vectors) => {
+                metrics::histogram!("embedder_batch_seconds", "priority" => "ingest")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::counter!("embedder_texts_total", "priority" => "ingest")
+                    .increment(texts.len() as u64);
+                for (&i, v) in idx.iter().zip(vectors) {
+                    p.out[i] = Some(v);
+                }
+                p.next = end;
+                p.next >= p.order.len()
+            }
+            Err(e) => {
+                let (reply, _) = oneshot::channel();
+                let original = std::mem::replace(&mut p.request.reply, reply);
+                let _ = original.send(Err(EmbedError::Inference(e.to_string())));
+                true
+            }
+        }
+    }
+
+    fn serve_queries(&mut self, requests: Vec<Request>) {
+        let texts: Vec<&str> = requests
+            .iter()
+            .flat_map(|r| r.texts.iter().map(String::as_str))
+            .collect();
+        let started = Instant::now();
+        let result = self.engine.embed(&texts, Some(self.batch_size.max(1)));
+        metrics::histogram!("embedder_batch_seconds", "priority" => "query")
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("embedder_texts_total", "priority" => "query")
+            .increment(texts.len() as u64);
+        match result {
+            Ok(vectors) => {
+                let mut it = vectors.into_iter();
+                for r in requests {
+                    let n = r.texts.len();
+                    let _ = r.reply.send(Ok(it.by_ref().take(n).collect()));
+                }
+            }
+            Err(e) => {
+                for r in requests {
+                    let _ = r.reply.send(Err(EmbedError::Inference(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// Builds the shared embedder (model load runs on the blocking pool).
+pub async fn load(settings: &EmbedderSettings) -> Result<Arc<dyn Embedder>, EmbedError> {
+    let settings = settings.clone();
+    let embedder = tokio::task::spawn_blocking(move || FastEmbedder::load(&settings))
+        .await
+        .map_err(|e| EmbedError::Model(e.to_string()))??;
+    Ok(Arc::new(embedder))
+}

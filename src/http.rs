@@ -1,0 +1,332 @@
+//! HTTP plumbing every module server shares: the JSON error type with its one exhaustive mapping
+//! from module errors to status codes, extractor error handlers, `/health`, `/ready`, `/metrics`,
+//! and the per-module `App` with request-id and metrics middleware.
+//!
+//! 500s are opaque to clients (`internal`), and logged with their cause chain.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::http::StatusCode;
+use actix_web::middleware::from_fn;
+use actix_web::{HttpRequest, HttpResponse, HttpServer, ResponseError, web};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::AppState;
+use crate::api::model::ErrorBody;
+use crate::embedder::EmbedError;
+use crate::ingest::IngestError;
+use crate::query::QueryError;
+use crate::response::ResponseError as AnswerError;
+use crate::storage::StorageError;
+use crate::telemetry::{ModuleName, request_middleware};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is larger than {limit} bytes"),
+        )
+    }
+    pub fn unsupported_media(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            message,
+        )
+    }
+    /// An internal failure: logged in full here, opaque to the client.
+    pub fn internal(cause: &dyn std::error::Error) -> Self {
+        let mut chain = cause.to_string();
+        let mut source = cause.source();
+        while let Some(s) = source {
+            chain.push_str(": ");
+            chain.push_str(&s.to_string());
+            source = s.source();
+        }
+        tracing::error!(error = %chain, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+    fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status).json(ErrorBody {
+            code: self.code.to_string(),
+            message: self.message.clone(),
+            request_id: None,
+        })
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            StorageError::Pool(_) => {
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::unavailable("the database is unavailable; retry shortly")
+            }
+            StorageError::Database(_)
+            | StorageError::Vector(_)
+            | StorageError::Migration(_)
+            | StorageError::BadUrl(_)
+            | StorageError::Corrupt(_)
+            | StorageError::Join(_) => ApiError::internal(&e),
+        }
+    }
+}
+
+impl From<EmbedError> for ApiError {
+    fn from(e: EmbedError) -> Self {
+        match e {
+            EmbedError::TooMany(..) => ApiError::bad_request(e.to_string()),
+            EmbedError::Stopped => ApiError::unavailable("the embedder is not running"),
+            EmbedError::MissingFiles { .. }
+            | EmbedError::Runtime { .. }
+            | EmbedError::Model(_)
+            | EmbedError::Inference(_) => ApiError::internal(&e),
+        }
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::Invalid(m) => ApiError::bad_request(m),
+            IngestError::UnsupportedType(m) => ApiError::unsupported_media(m),
+            IngestError::Unparseable(m) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unparseable_document", m)
+            }
+            IngestError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            IngestError::JobNotFound(_) => ApiError::not_found("job"),
+            IngestError::Storage(s) => s.into(),
+        }
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::Invalid(m) => ApiError::bad_request(m),
+            QueryError::Embed(e) => e.into(),
+            QueryError::Storage(s) => s.into(),
+        }
+    }
+}
+
+impl From<AnswerError> for ApiError {
+    fn from(e: AnswerError) -> Self {
+        match e {
+            AnswerError::Query(q) => q.into(),
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A JSON body that parsed but has the wrong shape is `invalid_request`; one that is not JSON at
+/// all is `malformed_json`.
+pub fn deserialize_error(e: &serde_json::Error) -> ApiError {
+    if e.is_data() {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
+    } else {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string())
+    }
+}
+
+pub fn json_error(err: JsonPayloadError, limit: usize) -> actix_web::Error {
+    let api = match &err {
+        JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+            ApiError::too_large(limit)
+        }
+        JsonPayloadError::ContentType => {
+            ApiError::unsupported_media("expected Content-Type: application/json")
+        }
+        JsonPayloadError::Deserialize(e) => deserialize_error(e),
+        _ => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", err.to_string()),
+    };
+    api.into()
+}
+
+fn path_error(err: PathError, _: &HttpRequest) -> actix_web::Error {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_id",
+        format!("invalid path parameter: {err}"),
+    )
+    .into()
+}
+
+fn query_error(err: QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
+    ApiError::bad_request(format!("invalid query string: {err}")).into()
+}
+
+async fn not_found(req: HttpRequest) -> ApiResult<HttpResponse> {
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {} {}", req.method(), req.path()),
+    ))
+}
+
+async fn health(module: web::Data<ModuleName>) -> HttpResponse {
+    HttpResponse::Ok()
+        .json(json!({"status": "ok", "module": module.0, "version": env!("CARGO_PKG_VERSION")}))
+}
+
+/// One dependency a module needs, and whether it answers.
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub type Readiness = fn(Arc<AppState>) -> Pin<Box<dyn Future<Output = Vec<Check>> + Send>>;
+
+async fn ready(
+    state: web::Data<AppState>,
+    module: web::Data<ModuleName>,
+    checks: web::Data<Readiness>,
+) -> HttpResponse {
+    let results = (checks.get_ref())(state.into_inner()).await;
+    let failing: Vec<&str> = results.iter().filter(|c| !c.ok).map(|c| c.name).collect();
+    if failing.is_empty() {
+        HttpResponse::Ok().json(json!({"status": "ready", "module": module.0, "checks": results}))
+    } else {
+        HttpResponse::ServiceUnavailable().json(json!({
+            "status": "unavailable",
+            "module": module.0,
+            "code": "not_ready",
+            "message": format!("dependency not available: {}", failing.join(", ")),
+            "failing": failing,
+            "checks": results,
+        }))
+    }
+}
+
+pub async fn check_database(state: &AppState) -> Check {
+    let r = state.storage.metadata.ping().await;
+    Check {
+        name: "database",
+        ok: r.is_ok(),
+        error: r.err().map(|e| e.to_string()),
+    }
+}
+
+pub async fn check_vectors(state: &AppState) -> Check {
+    let r = state.storage.vectors.health().await;
+    Check {
+        name: "vector_index",
+        ok: r.is_ok(),
+        error: r.err().map(|e| e.to_string()),
+    }
+}
+
+pub async fn check_embedder(state: &AppState) -> Check {
+    let r = state.embedder.health().await;
+    Check {
+        name: "embedder",
+        ok: r.is_ok(),
+        error: r.err().map(|e| e.to_string()),
+    }
+}
+
+/// Binds one module's server: shared state, middleware, error handlers, health/ready/metrics and
+/// the module's own routes. Returns the server and the port it bound.
+pub fn serve_module(
+    module: &'static str,
+    listener: std::net::TcpListener,
+    state: Arc<AppState>,
+    readiness: Readiness,
+    routes: fn(&mut web::ServiceConfig),
+    workers: usize,
+) -> std::io::Result<(Server, u16)> {
+    let port = listener.local_addr()?.port();
+    let limit = state.settings.api.max_body_bytes;
+    let data = web::Data::from(state);
+    let server = HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(data.clone())
+            .app_data(web::Data::new(ModuleName(module)))
+            .app_data(web::Data::new(readiness))
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(limit)
+                    .error_handler(move |e, _| json_error(e, limit)),
+            )
+            .app_data(web::PayloadConfig::default().limit(limit))
+            .app_data(web::PathConfig::default().error_handler(path_error))
+            .app_data(web::QueryConfig::default().error_handler(query_error))
+            .wrap(from_fn(move |req, next| {
+                request_middleware(ModuleName(module), req, next)
+            }))
+            .route("/health", web::get().to(health))
+            .route("/ready", web::get().to(ready))
+            .route(
+                "/metrics",
+                web::get().to(crate::telemetry::metrics_endpoint),
+            )
+            .configure(routes)
+            .default_service(web::to(not_found))
+    })
+    .workers(workers.max(1))
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok((server, port))
+}
+
+/// Stops every server (used on shutdown, and by tests).
+pub async fn stop_all(handles: &[ServerHandle]) {
+    for h in handles {
+        h.stop(true).await;
+    }
+}

@@ -1,0 +1,405 @@
+//! Token-aware, Markdown-aware chunking of parsed document text.
+//!
+//! Owns [`Chunker`], which splits text into chunks that fit the embedding model's context, sized
+//! in the model's own tokens (via its `tokenizers::Tokenizer`) rather than characters, so no
+//! chunk is silently truncated at embedding time. Markdown (and HTML rendered to Markdown-like
+//! text) goes through `text-splitter`'s Markdown splitter so splits prefer heading and block
+//! boundaries.
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use text_splitter::{ChunkConfig, ChunkSizer, MarkdownSplitter, TextSplitter};
+use tokenizers::Tokenizer;
+
+/// One chunk of a document's parsed text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextChunk {
+    /// Position of the chunk in the document, contiguous from 0.
+    pub index: u32,
+    pub text: String,
+    /// Byte offset of `text` in the parsed text.
+    pub start: usize,
+    /// Token count of `text` without special tokens.
+    pub token_count: u32,
+}
+
+/// Measures text in model tokens, without special tokens.
+///
+/// Used instead of text-splitter's own `ChunkSizer for Tokenizer`, which panics when the
+/// tokenizer reports an error; here a failure degrades to a character count, which for a
+/// WordPiece vocabulary over-estimates the token count and so still keeps chunks within budget.
+#[derive(Clone)]
+struct TokenSizer(Arc<Tokenizer>);
+
+impl TokenSizer {
+    fn count(&self, text: &str) -> usize {
+        match self.0.encode_fast(text, false) {
+            Ok(encoding) => encoding.len(),
+            Err(_) => text.chars().count(),
+        }
+    }
+}
+
+impl ChunkSizer for TokenSizer {
+    fn size(&self, chunk: &str) -> usize {
+        self.count(chunk)
+    }
+}
+
+/// A trimmed chunk as a byte range of the parsed text, with its token count.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: usize,
+    end: usize,
+    tokens: usize,
+}
+
+/// Splits text into token-bounded chunks. Cheap to share: `Send + Sync`, all methods take `&self`.
+pub struct Chunker {
+    sizer: TokenSizer,
+    text: TextSplitter<TokenSizer>,
+    markdown: MarkdownSplitter<TokenSizer>,
+    max_tokens: usize,
+    overlap_tokens: usize,
+}
+
+impl std::fmt::Debug for Chunker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chunker")
+            .field("max_tokens", &self.max_tokens)
+            .field("overlap_tokens", &self.overlap_tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Chunker {
+    /// `max_tokens` is the chunk capacity in model tokens (the embedding model truncates at 256
+    /// word pieces, so the default config uses 200); `overlap_tokens` must be smaller.
+    pub fn new(
+        mut tokenizer: Tokenizer,
+        max_tokens: usize,
+        overlap_tokens: usize,
+    ) -> anyhow::Result<Self> {
+        if max_tokens == 0 {
+            bail!("chunk max_tokens must be greater than 0");
+        }
+        if overlap_tokens >= max_tokens {
+            bail!(
+                "chunk overlap_tokens ({overlap_tokens}) must be smaller than max_tokens ({max_tokens})"
+            );
+        }
+        // Model tokenizer files usually carry the model's truncation and fixed-length padding
+        // (all-MiniLM-L6-v2: 128); either would make every text look the same size to the sizer.
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| anyhow::anyhow!("disabling tokenizer truncation: {e}"))?;
+        tokenizer.with_padding(None);
+        let sizer = TokenSizer(Arc::new(tokenizer));
+
+        let config = || {
+            ChunkConfig::new(max_tokens)
+                .with_sizer(sizer.clone())
+                .with_overlap(overlap_tokens)
+                .context("invalid chunk configuration")
+        };
+        Ok(Self {
+            text: TextSplitter::new(config()?),
+            markdown: MarkdownSplitter::new(config()?),
+            sizer,
+            max_tokens,
+            overlap_tokens,
+        })
+    }
+
+    /// Chunks of `text`, in order, with indices `0..n`. `markdown` selects the Markdown-aware
+    /// splitter. Chunks are trimmed, empty ones dropped, and fragments smaller than an eighth
+    /// of the budget joined with a neighbour when the result still fits.
+    pub fn chunk(&self, text: &str, markdown: bool) -> Vec<TextChunk> {
+        let pieces: Box<dyn Iterator<Item = (usize, &str)> + '_> = if markdown {
+            Box::new(self.markdown.chunk_indices(text))
+        } else {
+            Box::new(self.text.chunk_indices(text))
+        };
+        let mut spans: Vec<Span> = Vec::new();
+        // A small span waiting to be joined with the span after it.
+        let mut pending: Option<Span> = None;
+        for (offset, piece) in pieces {
+            // The Markdown splitter keeps leading indentation; drop it and shift the offset so
+            // `start` still points at the first byte of the chunk text.
+            let leading = piece.len() - piece.trim_start().len();
+            let trimmed = piece.trim();
+            if trimmed.is_empty() {
+                continue;
+            }
+            let start = offset + leading;
+            let mut span = Span {
+                start,
+                end: start + trimmed.len(),
+                tokens: self.sizer.count(trimmed),
+            };
+            if let Some(small) = pending.take() {
+                match self.join(text, small, span) {
+                    Some(joined) => span = joined,
+                    None => self.push_small(text, markdown, &mut spans, small),
+                }
+            }
+            if self.is_small(span) {
+                pending = Some(span);
+            } else {
+                spans.push(span);
+            }
+        }
+        if let Some(small) = pending {
+            self.push_small(text, markdown, &mut spans, small);
+        }
+
+        spans
+            .into_iter()
+            .enumerate()
+            .map(|(i, span)| TextChunk {
+                index: u32::try_from(i).unwrap_or(u32::MAX),
+                text: text[span.start..span.end].to_owned(),
+                start: span.start,
+                token_count: u32::try_from(span.tokens).unwrap_or(u32::MAX),
+            })
+            .collect()
+    }
+
+    // The splitters emit tiny fragments where a section does not fit whole: a parent heading
+    // alone (`## Backup and Recovery` followed by a long `### ...` section) or the opening fence
+    // of a long code block. Such a chunk embeds as little more than a heading and crowds real
+    // content out of the top-k at retrieval, so it is joined with the chunk after it when the
+    // joined span still fits the budget; the heading then leads the section it introduces.
+
+    fn is_small(&self, span: Span) -> bool {
+        span.tokens < (self.max_tokens / 8).max(1)
+    }
+
+    /// The union of two spans if it fits the budget. With overlap the spans intersect; the
+    /// union is still one contiguous slice of the text.
+    fn join(&self, text: &str, first: Span, second: Span) -> Option<Span> {
+        let (start, end) = (first.start.min(second.start), first.end.max(second.end));
+        let tokens = self.sizer.count(text.get(start..end)?);
+        (tokens <= self.max_tokens).then_some(Span { start, end, tokens })
+    }
+
+    /// Places a small span that could not be joined forward: appended to the previous chunk if
+    /// it fits, except a heading, which would then dangle at the end of an unrelated section.
+    fn push_small(&self, text: &str, markdown: bool, spans: &mut Vec<Span>, small: Span) {
+        let heading = markdown && text[small.start..].starts_with('#');
+        if !heading
+            && let Some(last) = spans.last_mut()
+            && let Some(joined) = self.join(text, *last, small)
+        {
+            *last = joined;
+            return;
+        }
+        spans.push(small);
+    }
+
+    /// Token count of `text` without special tokens.
+    pub fn count_tokens(&self, text: &str) -> usize {
+        self.sizer.count(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKENIZER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tokenizer.json");
+    const RUNBOOK: &str = "/work/shared/seed/runbook.md";
+
+    fn tokenizer() -> Tokenizer {
+        Tokenizer::from_file(TOKENIZER).expect("load test tokenizer")
+    }
+
+    fn chunker(max: usize, overlap: usize) -> Chunker {
+        Chunker::new(tokenizer(), max, overlap).expect("valid chunker config")
+    }
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn chunker_is_send_and_sync() {
+        assert_send_sync::<Chunker>();
+    }
+
+    #[test]
+    fn overlap_must_be_smaller_than_max() {
+        assert!(Chunker::new(tokenizer(), 100, 100).is_err());
+        assert!(Chunker::new(tokenizer(), 100, 150).is_err());
+        assert!(Chunker::new(tokenizer(), 0, 0).is_err());
+        assert!(Chunker::new(tokenizer(), 100, 99).is_ok());
+    }
+
+    #[test]
+    fn count_ignores_model_truncation_and_padding() {
+        let c = chunker(200, 24);
+        // The tokenizer file pads/truncates to 128; a 300-word text must count as ~300 tokens.
+        let long = "word ".repeat(300);
+        assert_eq!(c.count_tokens(&long), 300);
+        assert_eq!(c.count_tokens("hello world"), 2);
+        assert_eq!(c.count_tokens(""), 0);
+    }
+
+    #[test]
+    fn short_text_is_one_chunk() {
+        let c = chunker(200, 24);
+        let text = "  \n A short note about Redis memory.\n\n";
+        let chunks = c.chunk(text, false);
+        assert_eq!(chunks.len(), 1);
+        let chunk = &chunks[0];
+        assert_eq!(chunk.index, 0);
+        assert_eq!(chunk.text, "A short note about Redis memory.");
+        assert_eq!(
+            &text[chunk.start..chunk.start + chunk.text.len()],
+            chunk.text
+        );
+        assert_eq!(chunk.token_count as usize, c.count_tokens(&chunk.text));
+    }
+
+    #[test]
+    fn blank_text_has_no_chunks() {
+        let c = chunker(200, 24);
+        assert!(c.chunk("", false).is_empty());
+        assert!(c.chunk(" \n\n\t ", true).is_empty());
+    }
+
+    #[test]
+    fn runbook_chunks_fit_and_are_contiguous() {
+        let text = std::fs::read_to_string(RUNBOOK).expect("read seed runbook");
+        let c = chunker(200, 24);
+        let chunks = c.chunk(&text, true);
+        assert!(chunks.len() > 3, "only {} chunks", chunks.len());
+        for (i, chunk) in chunks.iter().enumerate() {
+            assert_eq!(chunk.index as usize, i);
+            assert!(
+                chunk.token_count as usize <= 200,
+                "chunk {i} has {} tokens",
+                chunk.token_count
+            );
+            assert!(chunk.token_count > 0);
+            assert_eq!(chunk.token_count as usize, c.count_tokens(&chunk.text));
+            assert_eq!(chunk.text, chunk.text.trim());
+            assert_eq!(
+                &text[chunk.start..chunk.start + chunk.text.len()],
+                chunk.text,
+                "offset of chunk {i} is wrong"
+            );
+        }
+        assert!(chunks.windows(2).all(|w| w[0].start < w[1].start));
+        assert!(chunks.iter().any(|c| c.text.contains("info memory")));
+        // Headings are preferred split points.
+        assert!(
+            chunks.iter().filter(|c| c.text.starts_with('#')).count() >= chunks.len() / 2,
+            "few chunks start at a heading"
+        );
+    }
+
+    #[test]
+    fn plain_text_splitter_also_respects_budget() {
+        let text = std::fs::read_to_string(RUNBOOK).expect("read seed runbook");
+        let c = chunker(64, 8);
+        let chunks = c.chunk(&text, false);
+        assert!(chunks.len() > 10);
+        assert!(chunks.iter().all(|c| c.token_count as usize <= 64));
+        assert!(
+            chunks
+                .iter()
+                .enumerate()
+                .all(|(i, c)| c.index as usize == i)
+        );
+    }
+
+    #[test]
+    fn markdown_splits_at_headings() {
+        let section = |name: &str| {
+            format!(
+                "# {name}\n\n{}\n\n",
+                format!("The {name} section explains one operational topic in detail. ").repeat(4)
+            )
+        };
+        let text = format!(
+            "{}{}{}",
+            section("Alpha"),
+            section("Bravo"),
+            section("Charlie")
+        );
+        let c = chunker(60, 0);
+        // Each section fits on its own but no two fit together.
+        assert!(c.count_tokens(section("Alpha").trim()) <= 60);
+        assert!(c.count_tokens(&format!("{}{}", section("Alpha"), section("Bravo"))) > 60);
+
+        let chunks = c.chunk(&text, true);
+        let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
+        assert_eq!(chunks.len(), 3, "{texts:#?}");
+        for (chunk, name) in chunks.iter().zip(["Alpha", "Bravo", "Charlie"]) {
+            assert!(chunk.text.starts_with(&format!("# {name}\n")), "{texts:#?}");
+            assert!(!chunk.text.contains("# ") || chunk.text.matches("# ").count() == 1);
+        }
+    }
+
+    #[test]
+    fn lone_headings_are_joined_with_their_section() {
+        let text = std::fs::read_to_string(RUNBOOK).expect("read seed runbook");
+        let c = chunker(200, 24);
+        let chunks = c.chunk(&text, true);
+        // The runbook has `## Section` headings directly followed by a `### Sub` section; none
+        // of them may end up as a chunk of its own.
+        for chunk in &chunks {
+            assert!(
+                chunk
+                    .text
+                    .lines()
+                    .any(|l| !l.starts_with('#') && !l.trim().is_empty()),
+                "heading-only chunk: {:?}",
+                chunk.text
+            );
+        }
+        let backup = chunks
+            .iter()
+            .find(|c| c.text.starts_with("## Backup and Recovery"))
+            .expect("a chunk starts at the Backup and Recovery heading");
+        assert!(
+            backup.text.contains("### Database Backups"),
+            "{:?}",
+            backup.text
+        );
+    }
+
+    #[test]
+    fn small_merge_never_exceeds_budget() {
+        let c = chunker(40, 0);
+        let big = "Paragraph sentence with quite a few words in it to fill space. ".repeat(2);
+        let text = format!("# Tiny\n\n{big}\n\n# Tiny again\n\n{big}\n\nend");
+        let chunks = c.chunk(&text, true);
+        assert!(chunks.iter().all(|ch| ch.token_count <= 40), "{chunks:#?}");
+        for ch in &chunks {
+            assert_eq!(&text[ch.start..ch.start + ch.text.len()], ch.text);
+            assert_eq!(ch.token_count as usize, c.count_tokens(&ch.text));
+        }
+    }
+
+    #[test]
+    fn overlap_repeats_text_between_chunks() {
+        let text = (1..=80)
+            .map(|i| format!("Sentence number {i} is here."))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let without = chunker(50, 0).chunk(&text, false);
+        let with = chunker(50, 20).chunk(&text, false);
+        assert!(with.len() > without.len());
+        // With overlap, each chunk starts before the previous one ends.
+        assert!(
+            with.windows(2)
+                .all(|w| w[1].start < w[0].start + w[0].text.len())
+        );
+        assert!(
+            without
+                .windows(2)
+                .all(|w| w[1].start >= w[0].start + w[0].text.len())
+        );
+    }
+}

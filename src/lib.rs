@@ -1,0 +1,265 @@
+//! doc-rag: a document-RAG service in one process.
+//!
+//! Six modules — api (8080), security (8087), query (8084), response (8085), embedder (8082) and
+//! storage (8083) — each serve their own HTTP port and call each other in-process through traits
+//! and channels. [`Application::build`] wires them once around a shared [`AppState`]; `main` and
+//! the tests both start the service through it.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod embedder;
+pub mod http;
+pub mod ingest;
+pub mod query;
+pub mod response;
+pub mod security;
+pub mod storage;
+pub mod telemetry;
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::api::model::SearchRequest;
+use crate::config::Settings;
+use crate::embedder::{Bm25Encoder, Embedder};
+use crate::http::Readiness;
+use crate::ingest::{IngestService, Ingestor};
+use crate::query::{QueryError, QueryService, SearchParams, Searcher, validate_params};
+use crate::response::{Responder, ResponseService};
+use crate::storage::Storage;
+use crate::storage::cache::MemoryCache;
+use crate::storage::sql::SqlStore;
+use crate::storage::vector::edge::EdgeVectorIndex;
+
+/// The shared core every module server gets: settings and a handle to each module.
+pub struct AppState {
+    pub settings: Settings,
+    pub storage: Storage,
+    pub embedder: Arc<dyn Embedder>,
+    pub bm25: Arc<Bm25Encoder>,
+    pub ingest: Arc<dyn Ingestor>,
+    pub search: Arc<dyn Searcher>,
+    pub response: Arc<dyn Responder>,
+}
+
+impl AppState {
+    pub fn query_params(&self, req: SearchRequest) -> Result<SearchParams, QueryError> {
+        let s = &self.settings.query;
+        validate_params(
+            s,
+            req.query,
+            req.top_k,
+            s.default_top_k,
+            req.mode,
+            req.collection,
+            req.filter,
+        )
+    }
+}
+
+/// Opens every store as configured (creating the data dir) and runs migrations.
+pub async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
+    let data_dir = &settings.storage.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    let sql = Arc::new(
+        SqlStore::connect(&settings.database, data_dir)
+            .await
+            .context("database")?,
+    );
+    let vector_dir = data_dir.join("vectors");
+    let dim = settings.embedder.dimension;
+    let vectors = tokio::task::spawn_blocking(move || EdgeVectorIndex::open(&vector_dir, dim))
+        .await?
+        .context("vector index")?;
+    Ok(Storage {
+        metadata: sql.clone(),
+        documents: sql,
+        vectors: Arc::new(vectors),
+        cache: Arc::new(MemoryCache::new(
+            settings.cache.max_entries,
+            Duration::from_secs(settings.cache.ttl_secs),
+        )),
+    })
+}
+
+pub struct Application {
+    servers: Vec<(&'static str, Server)>,
+    ports: BTreeMap<&'static str, u16>,
+    state: Arc<AppState>,
+    shutdown: watch::Sender<bool>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Application {
+    /// Builds the whole service: stores, model, modules, workers and the six bound listeners.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let storage = open_storage(&settings).await?;
+        let embedder = embedder::load(&settings.embedder)
+            .await
+            .context("embedder")?;
+        let bm25 = Arc::new(Bm25Encoder::new(&settings.query).map_err(anyhow::Error::msg)?);
+        let ingest = Arc::new(IngestService::new(
+            storage.clone(),
+            embedder.clone(),
+            bm25.clone(),
+            settings.ingest.clone(),
+        )?);
+        ingest.recover().await.context("requeue unfinished jobs")?;
+        let search: Arc<dyn Searcher> = Arc::new(QueryService::new(
+            storage.clone(),
+            embedder.clone(),
+            bm25.clone(),
+            settings.query.clone(),
+        ));
+        let response = Arc::new(ResponseService::new(
+            search.clone(),
+            bm25.clone(),
+            settings.response.clone(),
+            settings.query.clone(),
+        ));
+        let state = Arc::new(AppState {
+            settings: settings.clone(),
+            storage: storage.clone(),
+            embedder,
+            bm25,
+            ingest: ingest.clone(),
+            search,
+            response,
+        });
+
+        let modules: [(
+            &'static str,
+            Readiness,
+            fn(&mut actix_web::web::ServiceConfig),
+        ); 6] = [
+            ("api", api::readiness, api::routes),
+            ("security", security::readiness, security::routes),
+            ("query", query::http::readiness, query::http::routes),
+            (
+                "response",
+                response::http::readiness,
+                response::http::routes,
+            ),
+            (
+                "embedder",
+                embedder::http::readiness,
+                embedder::http::routes,
+            ),
+            ("storage", storage::http::readiness, storage::http::routes),
+        ];
+        let addrs: BTreeMap<_, _> = settings.servers().into_iter().collect();
+        let mut servers = Vec::new();
+        let mut ports = BTreeMap::new();
+        for (name, readiness, routes) in modules {
+            let addr = addrs[name].addr()?;
+            let listener = TcpListener::bind(addr)
+                .with_context(|| format!("{name}: cannot listen on {addr}"))?;
+            let workers = if name == "api" {
+                settings.api.workers
+            } else {
+                1
+            };
+            let (server, port) =
+                http::serve_module(name, listener, state.clone(), readiness, routes, workers)?;
+            tracing::info!(module = name, %addr, port, "listening");
+            servers.push((name, server));
+            ports.insert(name, port);
+        }
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut background = ingest.spawn_workers(shutdown_rx.clone());
+        background.push(tokio::spawn(optimize_loop(storage.clone(), shutdown_rx)));
+        Ok(Self {
+            servers,
+            ports,
+            state,
+            shutdown,
+            background,
+        })
+    }
+
+    /// The port a module bound (useful with port 0).
+    pub fn port(&self, module: &str) -> u16 {
+        self.ports.get(module).copied().unwrap_or(0)
+    }
+
+    pub fn ports(&self) -> &BTreeMap<&'static str, u16> {
+        &self.ports
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until a server stops or the process is asked to stop (SIGINT/SIGTERM), then stops
+    /// the rest gracefully and lets the workers finish their current step.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let handles: Vec<ServerHandle> = self.servers.iter().map(|(_, s)| s.handle()).collect();
+        let mut running: Vec<_> = self
+            .servers
+            .into_iter()
+            .map(|(name, server)| Box::pin(async move { (name, server.await) }))
+            .collect();
+        let first = tokio::select! {
+            ((name, result), _, _) = futures::future::select_all(running.iter_mut()) => Some((name, result)),
+            _ = shutdown_signal() => None,
+        };
+        match &first {
+            Some((name, Ok(()))) => tracing::warn!(module = name, "server stopped; shutting down"),
+            Some((name, Err(e))) => {
+                tracing::error!(module = name, error = %e, "server failed; shutting down")
+            }
+            None => tracing::info!("shutdown requested"),
+        }
+        let _ = self.shutdown.send(true);
+        http::stop_all(&handles).await;
+        for task in self.background {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        match first {
+            Some((name, Err(e))) => Err(anyhow::anyhow!("{name} server failed: {e}")),
+            _ => Ok(()),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Lets the vector index merge segments and build its HNSW graph in the background.
+async fn optimize_loop(storage: Storage, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Err(e) = storage.vectors.optimize().await {
+            tracing::warn!(module = "storage", error = %e, "vector index optimisation failed");
+        }
+    }
+}

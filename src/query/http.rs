@@ -1,0 +1,34 @@
+//! The query processor's own port: `POST /v1/search`, the same retrieval the public API serves.
+
+use std::sync::Arc;
+
+use actix_web::{HttpResponse, web};
+use futures::FutureExt;
+
+use crate::AppState;
+use crate::api::model::SearchRequest;
+use crate::http::{ApiResult, Check, check_database, check_embedder, check_vectors};
+
+pub async fn search(
+    state: web::Data<AppState>,
+    body: web::Json<SearchRequest>,
+) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Ok().json(crate::api::run_search(&state, body.into_inner()).await?))
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/search", web::post().to(search));
+}
+
+pub fn readiness(
+    state: Arc<AppState>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Check>> + Send>> {
+    async move {
+        vec![
+            check_embedder(&state).await,
+            check_vectors(&state).await,
+            check_database(&state).await,
+        ]
+    }
+    .boxed()
+}

@@ -1,0 +1,231 @@
+//! The query processor: retrieval. It embeds the query (dense and BM25), asks the vector index for
+//! a hybrid (reciprocal rank fusion), dense or keyword ranking within the requested collection and
+//! metadata filter, attaches each chunk's text from the document store, and caches the result
+//! until the collection's content changes.
+
+pub mod http;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::api::model::SearchHit;
+use crate::config::QuerySettings;
+use crate::embedder::{Bm25Encoder, EmbedError, Embedder, Priority};
+use crate::storage::cache::ALL_COLLECTIONS;
+use crate::storage::vector::{SearchMode, VectorQuery};
+use crate::storage::{Storage, StorageError};
+
+pub const MAX_QUERY_CHARS: usize = 2000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// A validated search.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchParams {
+    pub query: String,
+    pub top_k: usize,
+    pub mode: SearchMode,
+    pub collection: Option<String>,
+    pub filter: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchOutcome {
+    pub hits: Vec<SearchHit>,
+    pub cached: bool,
+}
+
+#[async_trait]
+pub trait Searcher: Send + Sync + 'static {
+    async fn search(&self, params: SearchParams) -> Result<SearchOutcome, QueryError>;
+}
+
+pub struct QueryService {
+    storage: Storage,
+    embedder: Arc<dyn Embedder>,
+    bm25: Arc<Bm25Encoder>,
+    settings: QuerySettings,
+}
+
+impl QueryService {
+    pub fn new(
+        storage: Storage,
+        embedder: Arc<dyn Embedder>,
+        bm25: Arc<Bm25Encoder>,
+        settings: QuerySettings,
+    ) -> Self {
+        Self {
+            storage,
+            embedder,
+            bm25,
+            settings,
+        }
+    }
+
+    /// Turns raw request fields into [`SearchParams`], applying defaults and limits.
+    pub fn params(
+        &self,
+        query: String,
+        top_k: Option<usize>,
+        mode: Option<SearchMode>,
+        collection: Option<String>,
+        filter: Option<Map<String, Value>>,
+    ) -> Result<SearchParams, QueryError> {
+        validate_params(
+            &self.settings,
+            query,
+            top_k,
+            self.settings.default_top_k,
+            mode,
+            collection,
+            filter,
+        )
+    }
+
+    async fn retrieve(&self, p: &SearchParams) -> Result<Vec<SearchHit>, QueryError> {
+        let dense = match p.mode {
+            SearchMode::Keyword => None,
+            _ => self
+                .embedder
+                .embed(vec![p.query.clone()], Priority::Query)
+                .await?
+                .into_iter()
+                .next(),
+        };
+        let sparse = match p.mode {
+            SearchMode::Dense => None,
+            _ => Some(self.bm25.query(&p.query)),
+        };
+        let hits = self
+            .storage
+            .vectors
+            .search(VectorQuery {
+                mode: p.mode,
+                dense,
+                sparse,
+                limit: p.top_k,
+                prefetch_limit: self.settings.prefetch_limit.max(p.top_k),
+                rrf_k: self.settings.rrf_k,
+                collection: p.collection.clone(),
+                filter: p.filter.clone(),
+            })
+            .await
+            .map_err(|e| match e {
+                // The index rejects filters it cannot express; that is the caller's input.
+                StorageError::Vector(m) if m.contains("filter") => QueryError::Invalid(m),
+                other => QueryError::Storage(other),
+            })?;
+        let texts: HashMap<_, _> = self
+            .storage
+            .documents
+            .get_chunks(hits.iter().map(|h| h.chunk_id).collect())
+            .await?
+            .into_iter()
+            .map(|c| (c.id, c.text))
+            .collect();
+        // A hit without stored text belongs to a document being (re)indexed or deleted right now.
+        Ok(hits
+            .into_iter()
+            .filter_map(|h| {
+                let text = texts.get(&h.chunk_id)?.clone();
+                Some(SearchHit {
+                    document_id: h.payload.document_id,
+                    chunk_id: h.chunk_id,
+                    chunk_index: h.payload.chunk_index,
+                    score: h.score,
+                    text,
+                    title: h.payload.title,
+                    collection: h.payload.collection,
+                    metadata: h.payload.metadata,
+                })
+            })
+            .collect())
+    }
+}
+
+/// Shared by search and question answering: defaults, bounds and shape checks.
+pub fn validate_params(
+    settings: &QuerySettings,
+    query: String,
+    top_k: Option<usize>,
+    default_top_k: usize,
+    mode: Option<SearchMode>,
+    collection: Option<String>,
+    filter: Option<Map<String, Value>>,
+) -> Result<SearchParams, QueryError> {
+    let query = query.trim().to_string();
+    if query.is_empty() {
+        return Err(QueryError::Invalid("query must not be empty".into()));
+    }
+    if query.chars().count() > MAX_QUERY_CHARS {
+        return Err(QueryError::Invalid(format!(
+            "query is longer than {MAX_QUERY_CHARS} characters"
+        )));
+    }
+    let top_k = top_k.unwrap_or(default_top_k);
+    if top_k == 0 || top_k > settings.max_top_k {
+        return Err(QueryError::Invalid(format!(
+            "top_k must be between 1 and {}",
+            settings.max_top_k
+        )));
+    }
+    if let Some(c) = &collection
+        && c.is_empty()
+    {
+        return Err(QueryError::Invalid("collection must not be empty".into()));
+    }
+    Ok(SearchParams {
+        query,
+        top_k,
+        mode: mode.unwrap_or_default(),
+        collection,
+        filter,
+    })
+}
+
+#[async_trait]
+impl Searcher for QueryService {
+    async fn search(&self, p: SearchParams) -> Result<SearchOutcome, QueryError> {
+        let started = Instant::now();
+        let scope = p
+            .collection
+            .clone()
+            .unwrap_or_else(|| ALL_COLLECTIONS.to_string());
+        let key = format!("search:{}", serde_json::to_string(&p).unwrap_or_default());
+        if let Some(hit) = self.storage.cache.get(&scope, &key).await
+            && let Ok(hits) = serde_json::from_str::<Vec<SearchHit>>(&hit)
+        {
+            metrics::counter!("query_cache_total", "result" => "hit").increment(1);
+            return Ok(SearchOutcome { hits, cached: true });
+        }
+        metrics::counter!("query_cache_total", "result" => "miss").increment(1);
+        let hits = self.retrieve(&p).await?;
+        if let Ok(json) = serde_json::to_string(&hits) {
+            self.storage.cache.put(&scope, &key, json).await;
+        }
+        let mode = match p.mode {
+            SearchMode::Hybrid => "hybrid",
+            SearchMode::Dense => "dense",
+            SearchMode::Keyword => "keyword",
+        };
+        metrics::histogram!("query_search_seconds", "mode" => mode)
+            .record(started.elapsed().as_secs_f64());
+        Ok(SearchOutcome {
+            hits,
+            cached: false,
+        })
+    }
+}

@@ -1,0 +1,42 @@
+//! The storage service's own port: `GET /v1/stats` with counts from every store, which operators
+//! (and the crash-safety test) use to check the stores agree.
+
+use std::sync::Arc;
+
+use actix_web::{HttpResponse, web};
+use futures::FutureExt;
+use serde_json::json;
+
+use crate::AppState;
+use crate::http::{ApiResult, Check, check_database, check_vectors};
+
+async fn stats(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
+    let storage = &state.storage;
+    let metadata = storage.metadata.stats().await?;
+    let vectors = storage.vectors.count().await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "backends": {
+            "metadata": storage.metadata.backend(),
+            "documents": storage.documents.backend(),
+            "vectors": storage.vectors.backend(),
+            "cache": storage.cache.backend(),
+        },
+        "documents": metadata.documents,
+        "documents_indexed": metadata.documents_indexed,
+        "chunks": metadata.chunks,
+        "indexed_chunks": metadata.indexed_chunks,
+        "vectors": vectors,
+        "collections": metadata.collections,
+        "jobs": metadata.jobs,
+    })))
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/stats", web::get().to(stats));
+}
+
+pub fn readiness(
+    state: Arc<AppState>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Check>> + Send>> {
+    async move { vec![check_database(&state).await, check_vectors(&state).await] }.boxed()
+}

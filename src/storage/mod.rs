@@ -1,0 +1,307 @@
+//! Storage: everything doc-rag persists, behind traits so each store can run embedded (one machine,
+//! nothing installed) or against a production server.
+//!
+//! - [`MetadataStore`]: documents, jobs and collections (diesel; SQLite by default, PostgreSQL when
+//!   `database.url` is `postgres://…`). The job table is the truth for ingestion work.
+//! - [`DocumentStore`]: original uploads and chunk text (the SQL store now; MongoDB later).
+//! - [`vector::VectorIndex`]: dense + BM25 vectors per chunk (in-process Qdrant now).
+//! - [`cache::Cache`]: query results, invalidated per collection when content changes.
+//!
+//! The storage module also serves its own port with `/v1/stats`.
+
+pub mod cache;
+pub mod http;
+pub mod sql;
+pub mod vector;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+pub use cache::Cache;
+pub use vector::VectorIndex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("connection pool error: {0}")]
+    Pool(String),
+    #[error("vector index error: {0}")]
+    Vector(String),
+    #[error("migration error: {0}")]
+    Migration(String),
+    #[error("invalid database url: {0}")]
+    BadUrl(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("background task failed: {0}")]
+    Join(String),
+}
+
+impl From<diesel::result::Error> for StorageError {
+    fn from(e: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match e {
+            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+                StorageError::Conflict(info.message().to_string())
+            }
+            other => StorageError::Database(other.to_string()),
+        }
+    }
+}
+
+impl From<tokio::task::JoinError> for StorageError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        StorageError::Join(e.to_string())
+    }
+}
+
+/// Life cycle of a document's content in the indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DocumentStatus {
+    Queued,
+    Indexing,
+    Indexed,
+    Failed,
+}
+
+impl DocumentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DocumentStatus::Queued => "queued",
+            DocumentStatus::Indexing => "indexing",
+            DocumentStatus::Indexed => "indexed",
+            DocumentStatus::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self, StorageError> {
+        Ok(match s {
+            "queued" => DocumentStatus::Queued,
+            "indexing" => DocumentStatus::Indexing,
+            "indexed" => DocumentStatus::Indexed,
+            "failed" => DocumentStatus::Failed,
+            other => return Err(StorageError::Corrupt(format!("document status {other:?}"))),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Done,
+    Failed,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Done => "done",
+            JobStatus::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self, StorageError> {
+        Ok(match s {
+            "queued" => JobStatus::Queued,
+            "running" => JobStatus::Running,
+            "done" => JobStatus::Done,
+            "failed" => JobStatus::Failed,
+            other => return Err(StorageError::Corrupt(format!("job status {other:?}"))),
+        })
+    }
+    pub fn is_final(self) -> bool {
+        matches!(self, JobStatus::Done | JobStatus::Failed)
+    }
+}
+
+/// A document as submitted, before it has an id.
+#[derive(Debug, Clone)]
+pub struct NewDocument {
+    pub collection: String,
+    pub external_id: Option<String>,
+    pub title: String,
+    pub content_type: String,
+    pub metadata: Map<String, Value>,
+    pub content: Vec<u8>,
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Document {
+    pub id: Uuid,
+    pub collection: String,
+    pub external_id: Option<String>,
+    pub title: String,
+    pub content_type: String,
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+    pub status: DocumentStatus,
+    /// Bumped each time the document is replaced; a job indexes one version.
+    pub version: i64,
+    pub chunk_count: i64,
+    pub size_bytes: i64,
+    pub sha256: String,
+    pub error: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Job {
+    pub id: Uuid,
+    pub document_id: Uuid,
+    pub document_version: i64,
+    pub status: JobStatus,
+    pub attempts: i32,
+    pub error: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The outcome of [`MetadataStore::submit_document`].
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub document_id: Uuid,
+    pub job_id: Uuid,
+    /// True when an existing document with the same `external_id` was replaced.
+    pub replaced: bool,
+}
+
+/// A job a worker holds the lease of.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub job_id: Uuid,
+    pub document_id: Uuid,
+    pub document_version: i64,
+    pub attempts: i32,
+    pub request_id: Option<String>,
+}
+
+/// A chunk's text as stored for citing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredChunk {
+    pub id: Uuid,
+    pub document_id: Uuid,
+    pub chunk_index: i32,
+    pub text: String,
+    pub token_count: i32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobCounts {
+    pub queued: i64,
+    pub running: i64,
+    pub done: i64,
+    pub failed: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MetadataStats {
+    pub documents: i64,
+    pub documents_indexed: i64,
+    pub chunks: i64,
+    /// Sum of `chunk_count` over indexed documents.
+    pub indexed_chunks: i64,
+    pub collections: i64,
+    pub jobs: JobCounts,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CollectionInfo {
+    pub name: String,
+    pub documents: i64,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Relational metadata: documents, jobs, collections.
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    async fn ping(&self) -> Result<(), StorageError>;
+    /// Stores the document and a queued job in one transaction. A document with the same
+    /// `(collection, external_id)` is replaced: same id, next version, new content.
+    /// The SQL backend also stores the original bytes in that transaction.
+    async fn submit_document(&self, doc: NewDocument) -> Result<Submitted, StorageError>;
+    async fn get_document(&self, id: Uuid) -> Result<Option<Document>, StorageError>;
+    async fn list_documents(
+        &self,
+        collection: Option<String>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<Document>, StorageError>;
+    /// Removes the document, its jobs, content and chunks. Returns what was removed.
+    async fn delete_document(&self, id: Uuid) -> Result<Option<Document>, StorageError>;
+    async fn get_job(&self, id: Uuid) -> Result<Option<Job>, StorageError>;
+    /// Takes the oldest queued job (or one whose lease expired) and leases it to `worker`.
+    async fn claim_job(
+        &self,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Option<ClaimedJob>, StorageError>;
+    /// Extends a lease this worker holds; false when it no longer holds it.
+    async fn renew_lease(
+        &self,
+        job_id: Uuid,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<bool, StorageError>;
+    /// Marks the job done and the document indexed with `chunk_count` chunks, if the document still
+    /// exists at `version`. Returns false when the document was deleted or replaced meanwhile.
+    async fn complete_job(&self, job: &ClaimedJob, chunk_count: i64) -> Result<bool, StorageError>;
+    /// Records a failure. `retry` puts the job back in the queue (unless attempts are used up);
+    /// otherwise it and its document are marked failed with `error`.
+    async fn fail_job(
+        &self,
+        job: &ClaimedJob,
+        error: &str,
+        retry: bool,
+        max_attempts: i32,
+    ) -> Result<JobStatus, StorageError>;
+    /// Puts jobs left running by a process that is gone back in the queue. Embedded (single process)
+    /// deployments call it at start-up with `all = true`; shared databases rely on lease expiry.
+    async fn requeue_running(&self, all: bool) -> Result<u64, StorageError>;
+    async fn list_collections(&self) -> Result<Vec<CollectionInfo>, StorageError>;
+    async fn stats(&self) -> Result<MetadataStats, StorageError>;
+    fn backend(&self) -> &'static str;
+}
+
+/// Original uploads and chunk text.
+#[async_trait]
+pub trait DocumentStore: Send + Sync + 'static {
+    async fn get_original(&self, document_id: Uuid) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Replaces all chunks of a document with `chunks`, atomically.
+    async fn replace_chunks(
+        &self,
+        document_id: Uuid,
+        chunks: Vec<StoredChunk>,
+    ) -> Result<(), StorageError>;
+    /// The chunks with these ids that exist, in no particular order.
+    async fn get_chunks(&self, ids: Vec<Uuid>) -> Result<Vec<StoredChunk>, StorageError>;
+    async fn count_chunks(&self, document_id: Uuid) -> Result<i64, StorageError>;
+    fn backend(&self) -> &'static str;
+}
+
+/// Handles to every store, built once and shared by the modules.
+#[derive(Clone)]
+pub struct Storage {
+    pub metadata: Arc<dyn MetadataStore>,
+    pub documents: Arc<dyn DocumentStore>,
+    pub vectors: Arc<dyn VectorIndex>,
+    pub cache: Arc<dyn Cache>,
+}
+
+/// Deterministic chunk id: the same document and chunk index always give the same id, so a retried
+/// job overwrites its points instead of duplicating them.
+pub fn chunk_id(document_id: Uuid, chunk_index: u32) -> Uuid {
+    Uuid::new_v5(&document_id, &chunk_index.to_be_bytes())
+}

@@ -1,0 +1,866 @@
+//! The relational store: documents, jobs, collections, original uploads and chunk text, with
+//! diesel on SQLite (embedded default) or PostgreSQL (`database.url = postgres://…`).
+//!
+//! One implementation serves both backends: each operation's body is written once against diesel's
+//! query builder and compiled for each connection type (`with_conn!`). What differs per backend —
+//! write-transaction mode, the job-claim statement, migrations — sits behind [`Dialect`].
+//! Diesel is synchronous, so every call runs on the blocking pool, never on the async executor.
+
+pub mod schema;
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool as R2d2Pool};
+use diesel::sql_types::{BigInt, Integer, Nullable, Text};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use secrecy::ExposeSecret;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use self::schema::{chunks, collections, document_contents, documents, jobs};
+use super::{
+    ClaimedJob, CollectionInfo, Document, DocumentStatus, DocumentStore, Job, JobCounts, JobStatus,
+    MetadataStats, MetadataStore, NewDocument, StorageError, StoredChunk, Submitted,
+};
+use crate::config::{DatabaseKind, DatabaseSettings};
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+type SqlitePool = R2d2Pool<ConnectionManager<SqliteConnection>>;
+type PgPool = R2d2Pool<ConnectionManager<PgConnection>>;
+
+#[derive(Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$conn` bound to a pooled connection of whichever backend is configured.
+/// The body is type-checked once per backend.
+macro_rules! with_conn {
+    ($pool:expr, $conn:ident => $body:expr) => {
+        match $pool {
+            Pool::Sqlite(pool) => {
+                let mut pooled = pool.get().map_err(|e| StorageError::Pool(e.to_string()))?;
+                let $conn: &mut SqliteConnection = &mut pooled;
+                $body
+            }
+            Pool::Postgres(pool) => {
+                let mut pooled = pool.get().map_err(|e| StorageError::Pool(e.to_string()))?;
+                let $conn: &mut PgConnection = &mut pooled;
+                $body
+            }
+        }
+    };
+}
+
+/// What differs between the backends.
+trait Dialect: Connection {
+    /// A transaction that will write. SQLite must take the write lock up front: a deferred
+    /// transaction that upgrades later fails with SQLITE_BUSY instead of waiting.
+    fn write_txn<T, F>(&mut self, f: F) -> Result<T, StorageError>
+    where
+        F: FnOnce(&mut Self) -> Result<T, StorageError>;
+    /// Leases the oldest available job. Binds: worker, lease_until, now, now.
+    const CLAIM_SQL: &'static str;
+}
+
+impl Dialect for SqliteConnection {
+    fn write_txn<T, F>(&mut self, f: F) -> Result<T, StorageError>
+    where
+        F: FnOnce(&mut Self) -> Result<T, StorageError>,
+    {
+        self.immediate_transaction(f)
+    }
+    const CLAIM_SQL: &'static str = "UPDATE jobs SET status = 'running', lease_owner = ?, lease_until = ?, \
+         attempts = attempts + 1, updated_at = ? \
+         WHERE id = (SELECT id FROM jobs WHERE status = 'queued' OR (status = 'running' AND lease_until < ?) \
+                     ORDER BY created_at, id LIMIT 1) \
+         RETURNING id, document_id, document_version, attempts, request_id";
+}
+
+impl Dialect for PgConnection {
+    fn write_txn<T, F>(&mut self, f: F) -> Result<T, StorageError>
+    where
+        F: FnOnce(&mut Self) -> Result<T, StorageError>,
+    {
+        self.transaction(f)
+    }
+    // SKIP LOCKED lets replicas sharing the database claim different jobs without waiting.
+    const CLAIM_SQL: &'static str = "UPDATE jobs SET status = 'running', lease_owner = $1, lease_until = $2, \
+         attempts = attempts + 1, updated_at = $3 \
+         WHERE id = (SELECT id FROM jobs WHERE status = 'queued' OR (status = 'running' AND lease_until < $4) \
+                     ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+         RETURNING id, document_id, document_version, attempts, request_id";
+}
+
+#[derive(Debug)]
+struct SqlitePragmas {
+    busy_timeout_ms: u64,
+}
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        // WAL lets readers run beside the writer; synchronous=NORMAL in WAL mode survives a
+        // process crash (only a power loss can drop the last commits, and never corrupts).
+        conn.batch_execute(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+             PRAGMA busy_timeout = {};",
+            self.busy_timeout_ms
+        ))
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+#[derive(Debug)]
+struct PgSession {
+    statement_timeout_ms: u64,
+}
+
+impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PgSession {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(&format!("SET lock_timeout = {}", self.statement_timeout_ms))
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+pub struct SqlStore {
+    pool: Pool,
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn to_time(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+fn parse_uuid(s: &str) -> Result<Uuid, StorageError> {
+    Uuid::parse_str(s).map_err(|_| StorageError::Corrupt(format!("bad uuid {s:?}")))
+}
+
+#[derive(Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = documents)]
+struct DocumentRow {
+    id: String,
+    collection: String,
+    external_id: Option<String>,
+    title: String,
+    content_type: String,
+    metadata: String,
+    status: String,
+    version: i64,
+    chunk_count: i64,
+    size_bytes: i64,
+    sha256: String,
+    error: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl DocumentRow {
+    fn into_document(self) -> Result<Document, StorageError> {
+        let metadata: Map<String, Value> = serde_json::from_str(&self.metadata)
+            .map_err(|e| StorageError::Corrupt(format!("document metadata: {e}")))?;
+        Ok(Document {
+            id: parse_uuid(&self.id)?,
+            collection: self.collection,
+            external_id: self.external_id,
+            title: self.title,
+            content_type: self.content_type,
+            metadata,
+            status: DocumentStatus::parse(&self.status)?,
+            version: self.version,
+            chunk_count: self.chunk_count,
+            size_bytes: self.size_bytes,
+            sha256: self.sha256,
+            error: self.error,
+            created_at: to_time(self.created_at),
+            updated_at: to_time(self.updated_at),
+        })
+    }
+}
+
+#[derive(Queryable, Selectable, Insertable)]
+#[diesel(table_name = jobs)]
+struct JobRow {
+    id: String,
+    document_id: String,
+    document_version: i64,
+    status: String,
+    attempts: i32,
+    error: Option<String>,
+    request_id: Option<String>,
+    lease_owner: Option<String>,
+    lease_until: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl JobRow {
+    fn into_job(self) -> Result<Job, StorageError> {
+        Ok(Job {
+            id: parse_uuid(&self.id)?,
+            document_id: parse_uuid(&self.document_id)?,
+            document_version: self.document_version,
+            status: JobStatus::parse(&self.status)?,
+            attempts: self.attempts,
+            error: self.error,
+            created_at: to_time(self.created_at),
+            updated_at: to_time(self.updated_at),
+        })
+    }
+}
+
+#[derive(Queryable, Selectable, Insertable)]
+#[diesel(table_name = chunks)]
+struct ChunkRow {
+    id: String,
+    document_id: String,
+    chunk_index: i32,
+    text: String,
+    token_count: i32,
+}
+
+#[derive(QueryableByName)]
+struct ClaimRow {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    document_id: String,
+    #[diesel(sql_type = BigInt)]
+    document_version: i64,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    request_id: Option<String>,
+}
+
+#[derive(QueryableByName)]
+struct CountRow {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct StatusCountRow {
+    #[diesel(sql_type = Text)]
+    status: String,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct CollectionRow {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = BigInt)]
+    created_at: i64,
+    #[diesel(sql_type = BigInt)]
+    documents: i64,
+}
+
+impl SqlStore {
+    /// Connects (creating the SQLite file and data dir when needed) and runs pending migrations.
+    pub async fn connect(
+        settings: &DatabaseSettings,
+        data_dir: &Path,
+    ) -> Result<Self, StorageError> {
+        let kind = settings
+            .kind(data_dir)
+            .map_err(|e| StorageError::BadUrl(e.to_string()))?;
+        let settings = settings.clone();
+        tokio::task::spawn_blocking(move || {
+            let pool = match kind {
+                DatabaseKind::Sqlite(path) => {
+                    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                        std::fs::create_dir_all(parent).map_err(|e| {
+                            StorageError::Database(format!("create {}: {e}", parent.display()))
+                        })?;
+                    }
+                    let manager =
+                        ConnectionManager::<SqliteConnection>::new(path.display().to_string());
+                    let pool = R2d2Pool::builder()
+                        .max_size(settings.pool_size.max(1))
+                        .connection_customizer(Box::new(SqlitePragmas {
+                            busy_timeout_ms: settings.busy_timeout_ms,
+                        }))
+                        .build(manager)
+                        .map_err(|e| StorageError::Pool(e.to_string()))?;
+                    Pool::Sqlite(pool)
+                }
+                DatabaseKind::Postgres => {
+                    let manager =
+                        ConnectionManager::<PgConnection>::new(settings.url.expose_secret());
+                    let pool = R2d2Pool::builder()
+                        .max_size(settings.pool_size.max(1))
+                        .connection_timeout(Duration::from_secs(10))
+                        .connection_customizer(Box::new(PgSession {
+                            statement_timeout_ms: settings.busy_timeout_ms,
+                        }))
+                        .build(manager)
+                        .map_err(|e| StorageError::Pool(e.to_string()))?;
+                    Pool::Postgres(pool)
+                }
+            };
+            let store = SqlStore { pool };
+            store.migrate_blocking()?;
+            Ok(store)
+        })
+        .await?
+    }
+
+    fn migrate_blocking(&self) -> Result<usize, StorageError> {
+        let err =
+            |e: Box<dyn std::error::Error + Send + Sync>| StorageError::Migration(e.to_string());
+        match &self.pool {
+            Pool::Sqlite(pool) => {
+                let mut c = pool.get().map_err(|e| StorageError::Pool(e.to_string()))?;
+                Ok(c.run_pending_migrations(SQLITE_MIGRATIONS)
+                    .map_err(err)?
+                    .len())
+            }
+            Pool::Postgres(pool) => {
+                let mut c = pool.get().map_err(|e| StorageError::Pool(e.to_string()))?;
+                // Replicas starting together must not run the same migration twice.
+                c.batch_execute("SELECT pg_advisory_lock(7482937101)")?;
+                let result = c
+                    .run_pending_migrations(POSTGRES_MIGRATIONS)
+                    .map(|v| v.len())
+                    .map_err(err);
+                c.batch_execute("SELECT pg_advisory_unlock(7482937101)")?;
+                result
+            }
+        }
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Pool) -> Result<T, StorageError> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || f(&pool)).await?
+    }
+}
+
+fn new_job_row(document_id: &str, version: i64, request_id: Option<String>, now: i64) -> JobRow {
+    JobRow {
+        id: Uuid::new_v4().to_string(),
+        document_id: document_id.to_string(),
+        document_version: version,
+        status: JobStatus::Queued.as_str().to_string(),
+        attempts: 0,
+        error: None,
+        request_id,
+        lease_owner: None,
+        lease_until: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+#[async_trait]
+impl MetadataStore for SqlStore {
+    async fn ping(&self) -> Result<(), StorageError> {
+        self.blocking(|pool| {
+            with_conn!(pool, c => {
+                c.batch_execute("SELECT 1")?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn submit_document(&self, doc: NewDocument) -> Result<Submitted, StorageError> {
+        self.blocking(move |pool| with_conn!(pool, c => {
+            let result = c.write_txn(|c| {
+                let now = now_ms();
+                let sha256 = hex::encode(Sha256::digest(&doc.content));
+                let metadata = serde_json::to_string(&doc.metadata)
+                    .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                diesel::insert_into(collections::table)
+                    .values((collections::name.eq(&doc.collection), collections::created_at.eq(now)))
+                    .on_conflict(collections::name)
+                    .do_nothing()
+                    .execute(c)?;
+                let existing: Option<(String, i64)> = match &doc.external_id {
+                    Some(ext) => documents::table
+                        .filter(documents::collection.eq(&doc.collection))
+                        .filter(documents::external_id.eq(ext))
+                        .select((documents::id, documents::version))
+                        .first(c)
+                        .optional()?,
+                    None => None,
+                };
+                let (id, version, replaced) = match existing {
+                    Some((id, version)) => {
+                        let version = version + 1;
+                        diesel::update(documents::table.find(&id))
+                            .set((
+                                documents::title.eq(&doc.title),
+                                documents::content_type.eq(&doc.content_type),
+                                documents::metadata.eq(&metadata),
+                                documents::status.eq(DocumentStatus::Queued.as_str()),
+                                documents::version.eq(version),
+                                documents::size_bytes.eq(doc.content.len() as i64),
+                                documents::sha256.eq(&sha256),
+                                documents::error.eq(None::<String>),
+                                documents::updated_at.eq(now),
+                            ))
+                            .execute(c)?;
+                        diesel::update(document_contents::table.find(&id))
+                            .set(document_contents::content.eq(&doc.content))
+                            .execute(c)?;
+                        // Jobs for the previous version have nothing left to do.
+                        diesel::update(
+                            jobs::table
+                                .filter(jobs::document_id.eq(&id))
+                                .filter(jobs::status.eq(JobStatus::Queued.as_str())),
+                        )
+                        .set((
+                            jobs::status.eq(JobStatus::Failed.as_str()),
+                            jobs::error.eq("superseded by a newer upload"),
+                            jobs::updated_at.eq(now),
+                        ))
+                        .execute(c)?;
+                        (id, version, true)
+                    }
+                    None => {
+                        let id = Uuid::new_v4().to_string();
+                        let row = DocumentRow {
+                            id: id.clone(),
+                            collection: doc.collection.clone(),
+                            external_id: doc.external_id.clone(),
+                            title: doc.title.clone(),
+                            content_type: doc.content_type.clone(),
+                            metadata: metadata.clone(),
+                            status: DocumentStatus::Queued.as_str().to_string(),
+                            version: 1,
+                            chunk_count: 0,
+                            size_bytes: doc.content.len() as i64,
+                            sha256: sha256.clone(),
+                            error: None,
+                            created_at: now,
+                            updated_at: now,
+                        };
+                        diesel::insert_into(documents::table).values(&row).execute(c)?;
+                        diesel::insert_into(document_contents::table)
+                            .values((
+                                document_contents::document_id.eq(&id),
+                                document_contents::content.eq(&doc.content),
+                            ))
+                            .execute(c)?;
+                        (id, 1, false)
+                    }
+                };
+                let job = new_job_row(&id, version, doc.request_id.clone(), now);
+                diesel::insert_into(jobs::table).values(&job).execute(c)?;
+                Ok(Submitted { document_id: parse_uuid(&id)?, job_id: parse_uuid(&job.id)?, replaced })
+            });
+            match result {
+                Err(StorageError::Conflict(_)) => Err(
+                    StorageError::Conflict("a document with this external_id is being uploaded concurrently".into()),
+                ),
+                other => other,
+            }
+        }))
+        .await
+    }
+
+    async fn get_document(&self, id: Uuid) -> Result<Option<Document>, StorageError> {
+        self.blocking(move |pool| {
+            with_conn!(pool, c => {
+                documents::table
+                    .find(id.to_string())
+                    .select(DocumentRow::as_select())
+                    .first(c)
+                    .optional()?
+                    .map(DocumentRow::into_document)
+                    .transpose()
+            })
+        })
+        .await
+    }
+
+    async fn list_documents(
+        &self,
+        collection: Option<String>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<Document>, StorageError> {
+        self.blocking(move |pool| {
+            with_conn!(pool, c => {
+                let mut query = documents::table.select(DocumentRow::as_select()).into_boxed();
+                if let Some(collection) = collection {
+                    query = query.filter(documents::collection.eq(collection));
+                }
+                query
+                    .order((documents::created_at.desc(), documents::id))
+                    .limit(limit)
+                    .offset(offset)
+                    .load(c)?
+                    .into_iter()
+                    .map(DocumentRow::into_document)
+                    .collect()
+            })
+        })
+        .await
+    }
+
+    async fn delete_document(&self, id: Uuid) -> Result<Option<Document>, StorageError> {
+        self.blocking(move |pool| {
+            with_conn!(pool, c => {
+                c.write_txn(|c| {
+                    let id = id.to_string();
+                    let Some(row) = documents::table
+                        .find(&id)
+                        .select(DocumentRow::as_select())
+                        .first(c)
+                        .optional()?
+                    else {
+                        return Ok(None);
+                    };
+                    // Explicit deletes rather than relying on ON DELETE CASCADE, which SQLite only
+                    // honours when the foreign_keys pragma is on for this connection.
+                    diesel::delete(jobs::table.filter(jobs::document_id.eq(&id))).execute(c)?;
+                    diesel::delete(chunks::table.filter(chunks::document_id.eq(&id))).execute(c)?;
+                    diesel::delete(document_contents::table.find(&id)).execute(c)?;
+                    diesel::delete(documents::table.find(&id)).execute(c)?;
+                    row.into_document().map(Some)
+                })
+            })
+        })
+        .await
+    }
+
+    async fn get_job(&self, id: Uuid) -> Result<Option<Job>, StorageError> {
+        self.blocking(move |pool| {
+            with_conn!(pool, c => {
+                jobs::table
+                    .find(id.to_string())
+                    .select(JobRow::as_select())
+                    .first(c)
+                    .optional()?
+                    .map(JobRow::into_job)
+                    .transpose()
+            })
+        })
+        .await
+    }
+
+    async fn claim_job(
+        &self,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Option<ClaimedJob>, StorageError> {
+        let worker = worker.to_string();
+        self.blocking(move |pool| with_conn!(pool, c => {
+            c.write_txn(|c| {
+                let now = now_ms();
+                let rows: Vec<ClaimRow> = diesel::sql_query(claim_sql(&*c))
+                    .bind::<Text, _>(&worker)
+                    .bind::<BigInt, _>(now + lease.as_millis() as i64)
+                    .bind::<BigInt, _>(now)
+                    .bind::<BigInt, _>(now)
+                    .load(c)?;
+                let Some(row) = rows.into_iter().next() else { return Ok(None) };
+                diesel::update(
+                    documents::table
+                        .find(&row.document_id)
+                        .filter(documents::version.eq(row.document_version)),
+                )
+                .set((documents::status.eq(DocumentStatus::Indexing.as_str()), documents::updated_at.eq(now)))
+                .execute(c)?;
+                Ok(Some(ClaimedJob {
+                    job_id: parse_uuid(&row.id)?,
+                    document_id: parse_uuid(&row.document_id)?,
+                    document_version: row.document_version,
+                    attempts: row.attempts,
+                    request_id: row.request_id,
+                }))
+            })
+        }))
+        .await
+    }
+
+    async fn renew_lease(
+        &self,
+        job_id: Uuid,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<bool, StorageError> {
+        let worker = worker.to_string();
+        self.blocking(move |pool| with_conn!(pool, c => {
+            let now = now_ms();
+            let n = diesel::update(
+                jobs::table
+                    .find(job_id.to_string())
+                    .filter(jobs::status.eq(JobStatus::Running.as_str()))
+                    .filter(jobs::lease_owner.eq(&worker)),
+            )
+            .set((jobs::lease_until.eq(now + lease.as_millis() as i64), jobs::updated_at.eq(now)))
+            .execute(c)?;
+            Ok(n == 1)
+        }))
+        .await
+    }
+
+    async fn complete_job(&self, job: &ClaimedJob, chunk_count: i64) -> Result<bool, StorageError> {
+        let job = job.clone();
+        self.blocking(move |pool| {
+            with_conn!(pool, c => {
+                c.write_txn(|c| {
+                    let now = now_ms();
+                    let updated = diesel::update(
+                        documents::table
+                            .find(job.document_id.to_string())
+                            .filter(documents::version.eq(job.document_version)),
+                    )
+                    .set((
+                        documents::status.eq(DocumentStatus::Indexed.as_str()),
+                        documents::chunk_count.eq(chunk_count),
+                        documents::error.eq(None::<String>),
+                        documents::updated_at.eq(now),
+                    ))
+                    .execute(c)?;
+                    let (status, error) = if updated == 1 {
+                        (JobStatus::Done, None)
+                    } else {
+                        (JobStatus::Failed, Some("document was replaced or deleted while indexing"))
+                    };
+                    diesel::update(jobs::table.find(job.job_id.to_string()))
+                        .set((
+                            jobs::status.eq(status.as_str()),
+                            jobs::error.eq(error),
+                            jobs::lease_owner.eq(None::<String>),
+                            jobs::lease_until.eq(None::<i64>),
+                            jobs::updated_at.eq(now),
+                        ))
+                        .execute(c)?;
+                    Ok(updated == 1)
+                })
+            })
+        })
+        .await
+    }
+
+    async fn fail_job(
+        &self,
+        job: &ClaimedJob,
+        error: &str,
+        retry: bool,
+        max_attempts: i32,
+    ) -> Result<JobStatus, StorageError> {
+        let job = job.clone();
+        let error = error.to_string();
+        self.blocking(move |pool| with_conn!(pool, c => {
+            c.write_txn(|c| {
+                let now = now_ms();
+                let status = if retry && job.attempts < max_attempts { JobStatus::Queued } else { JobStatus::Failed };
+                diesel::update(jobs::table.find(job.job_id.to_string()))
+                    .set((
+                        jobs::status.eq(status.as_str()),
+                        jobs::error.eq(&error),
+                        jobs::lease_owner.eq(None::<String>),
+                        jobs::lease_until.eq(None::<i64>),
+                        jobs::updated_at.eq(now),
+                    ))
+                    .execute(c)?;
+                let doc_status = if status == JobStatus::Failed { DocumentStatus::Failed } else { DocumentStatus::Queued };
+                diesel::update(
+                    documents::table
+                        .find(job.document_id.to_string())
+                        .filter(documents::version.eq(job.document_version)),
+                )
+                .set((
+                    documents::status.eq(doc_status.as_str()),
+                    documents::error.eq(&error),
+                    documents::updated_at.eq(now),
+                ))
+                .execute(c)?;
+                Ok(status)
+            })
+        }))
+        .await
+    }
+
+    async fn requeue_running(&self, all: bool) -> Result<u64, StorageError> {
+        self.blocking(move |pool| with_conn!(pool, c => {
+            c.write_txn(|c| {
+                let now = now_ms();
+                let mut running = jobs::table.filter(jobs::status.eq(JobStatus::Running.as_str())).into_boxed();
+                if !all {
+                    running = running.filter(jobs::lease_until.lt(now));
+                }
+                let ids: Vec<String> = running.select(jobs::id).load(c)?;
+                let n = diesel::update(jobs::table.filter(jobs::id.eq_any(&ids)))
+                    .set((
+                        jobs::status.eq(JobStatus::Queued.as_str()),
+                        jobs::lease_owner.eq(None::<String>),
+                        jobs::lease_until.eq(None::<i64>),
+                        jobs::updated_at.eq(now),
+                    ))
+                    .execute(c)?;
+                Ok(n as u64)
+            })
+        }))
+        .await
+    }
+
+    async fn list_collections(&self) -> Result<Vec<CollectionInfo>, StorageError> {
+        self.blocking(|pool| with_conn!(pool, c => {
+            let rows: Vec<CollectionRow> = diesel::sql_query(
+                "SELECT c.name, c.created_at, CAST(COUNT(d.id) AS BIGINT) AS documents \
+                 FROM collections c LEFT JOIN documents d ON d.collection = c.name \
+                 GROUP BY c.name, c.created_at ORDER BY c.name",
+            )
+            .load(c)?;
+            Ok(rows
+                .into_iter()
+                .map(|r| CollectionInfo { name: r.name, documents: r.documents, created_at: to_time(r.created_at) })
+                .collect())
+        }))
+        .await
+    }
+
+    async fn stats(&self) -> Result<MetadataStats, StorageError> {
+        self.blocking(|pool| with_conn!(pool, c => {
+            let count = |c: &mut _, sql: &str| -> Result<i64, StorageError> {
+                let rows: Vec<CountRow> = diesel::sql_query(sql).load(c)?;
+                Ok(rows.first().map(|r| r.n).unwrap_or(0))
+            };
+            let documents = count(c, "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM documents")?;
+            let documents_indexed =
+                count(c, "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM documents WHERE status = 'indexed'")?;
+            let chunks = count(c, "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM chunks")?;
+            let indexed_chunks = count(
+                c,
+                "SELECT CAST(COALESCE(SUM(chunk_count), 0) AS BIGINT) AS n FROM documents WHERE status = 'indexed'",
+            )?;
+            let collections = count(c, "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM collections")?;
+            let by_status: Vec<StatusCountRow> =
+                diesel::sql_query("SELECT status, CAST(COUNT(*) AS BIGINT) AS n FROM jobs GROUP BY status").load(c)?;
+            let mut jobs = JobCounts::default();
+            for row in by_status {
+                match JobStatus::parse(&row.status)? {
+                    JobStatus::Queued => jobs.queued = row.n,
+                    JobStatus::Running => jobs.running = row.n,
+                    JobStatus::Done => jobs.done = row.n,
+                    JobStatus::Failed => jobs.failed = row.n,
+                }
+            }
+            Ok(MetadataStats { documents, documents_indexed, chunks, indexed_chunks, collections, jobs })
+        }))
+        .await
+    }
+
+    fn backend(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Postgres(_) => "postgres",
+        }
+    }
+}
+
+fn claim_sql<C: Dialect>(_: &C) -> &'static str {
+    C::CLAIM_SQL
+}
+
+#[async_trait]
+impl DocumentStore for SqlStore {
+    async fn get_original(&self, document_id: Uuid) -> Result<Option<Vec<u8>>, StorageError> {
+        self.blocking(move |pool| {
+            with_conn!(pool, c => {
+                Ok(document_contents::table
+                    .find(document_id.to_string())
+                    .select(document_contents::content)
+                    .first::<Vec<u8>>(c)
+                    .optional()?)
+            })
+        })
+        .await
+    }
+
+    async fn replace_chunks(
+        &self,
+        document_id: Uuid,
+        new_chunks: Vec<StoredChunk>,
+    ) -> Result<(), StorageError> {
+        self.blocking(move |pool| {
+            with_conn!(pool, c => {
+                c.write_txn(|c| {
+                    let doc = document_id.to_string();
+                    diesel::delete(chunks::table.filter(chunks::document_id.eq(&doc))).execute(c)?;
+                    let rows: Vec<ChunkRow> = new_chunks
+                        .iter()
+                        .map(|ch| ChunkRow {
+                            id: ch.id.to_string(),
+                            document_id: doc.clone(),
+                            chunk_index: ch.chunk_index,
+                            text: ch.text.clone(),
+                            token_count: ch.token_count,
+                        })
+                        .collect();
+                    // Bounded statements: SQLite caps bind parameters per statement.
+                    for batch in rows.chunks(500) {
+                        diesel::insert_into(chunks::table).values(batch).execute(c)?;
+                    }
+                    Ok(())
+                })
+            })
+        })
+        .await
+    }
+
+    async fn get_chunks(&self, ids: Vec<Uuid>) -> Result<Vec<StoredChunk>, StorageError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.blocking(move |pool| {
+            with_conn!(pool, c => {
+                let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+                let rows: Vec<ChunkRow> = chunks::table
+                    .filter(chunks::id.eq_any(&ids))
+                    .select(ChunkRow::as_select())
+                    .load(c)?;
+                rows.into_iter()
+                    .map(|r| {
+                        Ok(StoredChunk {
+                            id: parse_uuid(&r.id)?,
+                            document_id: parse_uuid(&r.document_id)?,
+                            chunk_index: r.chunk_index,
+                            text: r.text,
+                            token_count: r.token_count,
+                        })
+                    })
+                    .collect()
+            })
+        })
+        .await
+    }
+
+    async fn count_chunks(&self, document_id: Uuid) -> Result<i64, StorageError> {
+        self.blocking(move |pool| {
+            with_conn!(pool, c => {
+                Ok(chunks::table
+                    .filter(chunks::document_id.eq(document_id.to_string()))
+                    .count()
+                    .get_result::<i64>(c)?)
+            })
+        })
+        .await
+    }
+
+    fn backend(&self) -> &'static str {
+        MetadataStore::backend(self)
+    }
+}

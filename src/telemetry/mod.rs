@@ -1,0 +1,171 @@
+//! Logs and metrics for the one stream operators read.
+//!
+//! Every module logs through `tracing` to stdout; each request runs in a span carrying the module
+//! that serves it and its `request_id` (taken from `X-Request-Id` or generated, and echoed in the
+//! response). Work a request hands to another module in-process (an embedding batch, an ingestion
+//! job) carries the id along. `log.format = json` prints one JSON object per line.
+//!
+//! Metrics use the `metrics` facade with a Prometheus recorder; every port serves `/metrics`.
+//! Names follow the runbook's queries: `http_requests_total{status}` and
+//! `http_request_duration_seconds` (a histogram).
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage, HttpResponse};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing::Instrument;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::{LogFormat, LogSettings};
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Installs the global subscriber once; later calls (tests building several apps) are no-ops.
+pub fn init_logging(settings: &LogSettings) {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
+        let registry = tracing_subscriber::registry().with(filter);
+        let result = match settings.format {
+            LogFormat::Json => registry
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .json()
+                        .flatten_event(true)
+                        .with_current_span(true)
+                        .with_span_list(false)
+                        .with_writer(std::io::stdout),
+                )
+                .try_init(),
+            LogFormat::Pretty => registry
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_target(false)
+                        .with_writer(std::io::stdout),
+                )
+                .try_init(),
+        };
+        // A subscriber installed by the embedding program (a test harness) is kept.
+        let _ = result;
+    });
+}
+
+/// The process-wide Prometheus recorder.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("http_request_duration_seconds".into()),
+                    &[
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    ],
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Suffix("_seconds".into()),
+                        &[
+                            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                            30.0,
+                        ],
+                    )
+                })
+                .expect("bucket lists are non-empty");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (tests); ours then only renders its own.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+pub async fn metrics_endpoint() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(metrics_handle().render())
+}
+
+/// The request id of the request being served, stored in the request extensions.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+fn valid_request_id(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Middleware factory state: the module this server belongs to.
+#[derive(Clone, Copy)]
+pub struct ModuleName(pub &'static str);
+
+/// Tags each request with a request id and the module, logs it, and records metrics.
+pub async fn request_middleware(
+    module: ModuleName,
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| valid_request_id(v))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    req.extensions_mut().insert(RequestId(request_id.clone()));
+    let method = req.method().to_string();
+    let path = req.path().to_string();
+    let span = tracing::info_span!("request", module = module.0, request_id = %request_id);
+    let started = Instant::now();
+    let result = next.call(req).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let _enter = span.enter();
+    match result {
+        Ok(mut res) => {
+            let status = res.status().as_u16();
+            let route = res
+                .request()
+                .match_pattern()
+                .unwrap_or_else(|| "unmatched".to_string());
+            record(module.0, &method, &route, status, elapsed.as_secs_f64());
+            if let Ok(v) = HeaderValue::from_str(&request_id) {
+                res.headers_mut()
+                    .insert(HeaderName::from_static(REQUEST_ID_HEADER), v);
+            }
+            if route != "/health" && route != "/metrics" {
+                tracing::info!(%method, %path, status, elapsed_ms = elapsed.as_millis() as u64, "request");
+            }
+            Ok(res)
+        }
+        Err(err) => {
+            let status = err.as_response_error().status_code().as_u16();
+            record(
+                module.0,
+                &method,
+                "unmatched",
+                status,
+                elapsed.as_secs_f64(),
+            );
+            tracing::warn!(%method, %path, status, error = %err, "request failed");
+            Err(err)
+        }
+    }
+}
+
+fn record(module: &'static str, method: &str, route: &str, status: u16, seconds: f64) {
+    let labels = [
+        ("module", module.to_string()),
+        ("method", method.to_string()),
+        ("route", route.to_string()),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels).record(seconds);
+}

@@ -1,0 +1,177 @@
+//! Crash safety: the server process is killed (SIGKILL) while it ingests many documents, started
+//! again on the same data dir, and every document it had accepted must end up indexed exactly once:
+//! chunk counts agree across the document table, the chunk store and the vector index.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{model_dir, shared_dir};
+use serde_json::{Value, json};
+
+struct Server {
+    child: Child,
+    ports: std::collections::HashMap<String, u16>,
+}
+
+/// Starts `doc-rag serve` on port 0 everywhere and learns the bound ports from its JSON logs.
+fn start(data_dir: &std::path::Path) -> Server {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_doc-rag"));
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--log-format", "json"])
+        .args(["--set", "api.bind=127.0.0.1"])
+        .args([
+            "--set",
+            &format!("embedder.model_dir={}", model_dir().display()),
+        ]);
+    for m in [
+        "api", "security", "query", "response", "embedder", "storage",
+    ] {
+        cmd.args(["--set", &format!("{m}.port=0")]);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && v["message"] == "listening"
+            {
+                let _ = tx.send((
+                    v["module"].as_str().unwrap_or("").to_string(),
+                    v["port"].as_u64().unwrap_or(0) as u16,
+                ));
+            }
+        }
+    });
+    let mut ports = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ports.len() < 6 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (m, p) = rx.recv_timeout(left).expect("server reports its six ports");
+        ports.insert(m, p);
+    }
+    Server { child, ports }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn stats(client: &reqwest::Client, s: &Server) -> Value {
+    client
+        .get(format!("http://127.0.0.1:{}/v1/stats", s.ports["storage"]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_ingestion_every_accepted_document_is_indexed_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus: Vec<Value> =
+        std::fs::read_to_string(shared_dir().join("datasets/dbpedia-5k/corpus.jsonl"))
+            .unwrap()
+            .lines()
+            .take(600)
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+
+    let mut server = start(dir.path());
+    let api = format!("http://127.0.0.1:{}", server.ports["api"]);
+    let mut accepted = Vec::new();
+    let mut killed_at = None;
+    for (i, d) in corpus.iter().enumerate() {
+        // Kill once some documents are indexed and many are still queued.
+        if killed_at.is_none() && i >= 400 {
+            let s = stats(&client, &server).await;
+            let indexed = s["documents_indexed"].as_u64().unwrap();
+            println!(
+                "killing with {indexed} of {} accepted documents indexed",
+                accepted.len()
+            );
+            assert!(
+                indexed < accepted.len() as u64,
+                "ingestion should still be in progress"
+            );
+            server.child.kill().unwrap();
+            server.child.wait().unwrap();
+            killed_at = Some(i);
+            break;
+        }
+        let body = json!({"title": d["title"], "text": d["text"], "external_id": d["_id"], "metadata": {"source_id": d["_id"]}});
+        let r = client
+            .post(format!("{api}/v1/documents"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let v: Value = r.json().await.unwrap();
+        accepted.push(v["document_id"].as_str().unwrap().to_string());
+    }
+    assert!(killed_at.is_some());
+    drop(server);
+
+    let server = start(dir.path());
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let s = loop {
+        let s = stats(&client, &server).await;
+        if s["jobs"]["queued"] == 0 && s["jobs"]["running"] == 0 {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "jobs did not finish after restart: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    println!("after restart: {s}");
+    assert_eq!(
+        s["documents"].as_u64().unwrap(),
+        accepted.len() as u64,
+        "{s}"
+    );
+    assert_eq!(s["documents_indexed"], s["documents"], "{s}");
+    assert_eq!(s["jobs"]["failed"], 0, "{s}");
+    assert_eq!(
+        s["chunks"], s["indexed_chunks"],
+        "chunk store agrees with the documents: {s}"
+    );
+    assert_eq!(
+        s["vectors"], s["chunks"],
+        "no duplicate or missing vectors: {s}"
+    );
+    let api = format!("http://127.0.0.1:{}", server.ports["api"]);
+    for id in accepted.iter().step_by(37) {
+        let doc: Value = client
+            .get(format!("{api}/v1/documents/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(doc["status"], "indexed", "{doc}");
+        assert!(doc["chunk_count"].as_u64().unwrap() >= 1);
+    }
+}

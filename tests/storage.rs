@@ -1,0 +1,297 @@
+//! One behaviour suite for the relational store, run against every backend: SQLite (embedded
+//! default) and PostgreSQL (a fresh database per test run).
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::TestDatabase;
+use doc_rag::config::Settings;
+use doc_rag::storage::sql::SqlStore;
+use doc_rag::storage::{
+    DocumentStatus, DocumentStore, JobStatus, MetadataStore, NewDocument, StoredChunk, chunk_id,
+};
+use serde_json::{Map, json};
+
+async fn sqlite(dir: &Path) -> Arc<SqlStore> {
+    let s =
+        Settings::defaults_with(&[("storage.data_dir".into(), dir.display().to_string())]).unwrap();
+    Arc::new(
+        SqlStore::connect(&s.database, &s.storage.data_dir)
+            .await
+            .unwrap(),
+    )
+}
+
+async fn postgres(db: &TestDatabase) -> Arc<SqlStore> {
+    let s = Settings::defaults_with(&[("database.url".into(), db.url.clone())]).unwrap();
+    Arc::new(
+        SqlStore::connect(&s.database, &s.storage.data_dir)
+            .await
+            .unwrap(),
+    )
+}
+
+fn doc(title: &str, external_id: Option<&str>) -> NewDocument {
+    let mut metadata = Map::new();
+    metadata.insert("k".into(), json!("v"));
+    NewDocument {
+        collection: "c1".into(),
+        external_id: external_id.map(str::to_string),
+        title: title.into(),
+        content_type: "text/plain".into(),
+        metadata,
+        content: format!("content of {title}").into_bytes(),
+        request_id: Some("rid".into()),
+    }
+}
+
+async fn suite(store: Arc<SqlStore>) {
+    let meta: &dyn MetadataStore = store.as_ref();
+    let docs: &dyn DocumentStore = store.as_ref();
+    meta.ping().await.unwrap();
+
+    // Submit stores the document, its content and a queued job.
+    let a = meta.submit_document(doc("A", Some("ext-a"))).await.unwrap();
+    assert!(!a.replaced);
+    let got = meta.get_document(a.document_id).await.unwrap().unwrap();
+    assert_eq!(
+        (got.title.as_str(), got.version, got.status),
+        ("A", 1, DocumentStatus::Queued)
+    );
+    assert_eq!(got.metadata["k"], "v");
+    assert_eq!(
+        docs.get_original(a.document_id).await.unwrap().unwrap(),
+        b"content of A"
+    );
+    assert_eq!(
+        meta.get_job(a.job_id).await.unwrap().unwrap().status,
+        JobStatus::Queued
+    );
+
+    // Claiming leases the oldest job once.
+    let lease = Duration::from_secs(60);
+    let job = meta
+        .claim_job("w1", lease)
+        .await
+        .unwrap()
+        .expect("a queued job");
+    assert_eq!(job.job_id, a.job_id);
+    assert_eq!(job.attempts, 1);
+    assert_eq!(job.request_id.as_deref(), Some("rid"));
+    assert!(
+        meta.claim_job("w2", lease).await.unwrap().is_none(),
+        "leased jobs are not handed out twice"
+    );
+    assert!(meta.renew_lease(job.job_id, "w1", lease).await.unwrap());
+    assert!(!meta.renew_lease(job.job_id, "w2", lease).await.unwrap());
+    assert_eq!(
+        meta.get_document(a.document_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        DocumentStatus::Indexing
+    );
+
+    // Chunks are replaced as a whole.
+    let chunks = |n: u32| -> Vec<StoredChunk> {
+        (0..n)
+            .map(|i| StoredChunk {
+                id: chunk_id(a.document_id, i),
+                document_id: a.document_id,
+                chunk_index: i as i32,
+                text: format!("chunk {i}"),
+                token_count: 2,
+            })
+            .collect()
+    };
+    docs.replace_chunks(a.document_id, chunks(3)).await.unwrap();
+    docs.replace_chunks(a.document_id, chunks(2)).await.unwrap();
+    assert_eq!(docs.count_chunks(a.document_id).await.unwrap(), 2);
+    let fetched = docs
+        .get_chunks(vec![chunk_id(a.document_id, 1), chunk_id(a.document_id, 2)])
+        .await
+        .unwrap();
+    assert_eq!(fetched.len(), 1);
+    assert_eq!(fetched[0].text, "chunk 1");
+    assert!(meta.complete_job(&job, 2).await.unwrap());
+    let done = meta.get_document(a.document_id).await.unwrap().unwrap();
+    assert_eq!(
+        (done.status, done.chunk_count),
+        (DocumentStatus::Indexed, 2)
+    );
+    assert_eq!(
+        meta.get_job(a.job_id).await.unwrap().unwrap().status,
+        JobStatus::Done
+    );
+
+    // Same external id replaces: same id, next version; a job for the old version is superseded.
+    let a2 = meta
+        .submit_document(doc("A2", Some("ext-a")))
+        .await
+        .unwrap();
+    assert!(a2.replaced);
+    assert_eq!(a2.document_id, a.document_id);
+    let replaced = meta.get_document(a.document_id).await.unwrap().unwrap();
+    assert_eq!((replaced.version, replaced.title.as_str()), (2, "A2"));
+    assert_eq!(
+        docs.get_original(a.document_id).await.unwrap().unwrap(),
+        b"content of A2"
+    );
+    let stale = doc_rag::storage::ClaimedJob {
+        document_version: 1,
+        ..job.clone()
+    };
+    assert!(
+        !meta.complete_job(&stale, 9).await.unwrap(),
+        "an old version cannot complete"
+    );
+
+    // Failures: retried until attempts run out, then final with the reason on the document.
+    let b = meta.submit_document(doc("B", None)).await.unwrap();
+    let mut claimed = Vec::new();
+    while let Some(j) = meta.claim_job("w1", lease).await.unwrap() {
+        claimed.push(j);
+    }
+    let jb = claimed
+        .iter()
+        .find(|j| j.job_id == b.job_id)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        meta.fail_job(&jb, "transient", true, 2).await.unwrap(),
+        JobStatus::Queued
+    );
+    let jb = meta.claim_job("w1", lease).await.unwrap().unwrap();
+    assert_eq!((jb.job_id, jb.attempts), (b.job_id, 2));
+    assert_eq!(
+        meta.fail_job(&jb, "bad pdf", true, 2).await.unwrap(),
+        JobStatus::Failed
+    );
+    let failed = meta.get_document(b.document_id).await.unwrap().unwrap();
+    assert_eq!(
+        (failed.status, failed.error.as_deref()),
+        (DocumentStatus::Failed, Some("bad pdf"))
+    );
+
+    // Jobs left running by a dead process come back.
+    let c = meta.submit_document(doc("C", None)).await.unwrap();
+    let jc = meta
+        .claim_job("dead", Duration::from_millis(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(jc.job_id, c.job_id);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(meta.requeue_running(false).await.unwrap() >= 1, true);
+    let again = meta.claim_job("alive", lease).await.unwrap().unwrap();
+    assert_eq!(again.job_id, c.job_id);
+    assert_eq!(meta.requeue_running(true).await.unwrap() >= 1, true);
+
+    // Listing, stats, collections.
+    let listed = meta.list_documents(Some("c1".into()), 10, 0).await.unwrap();
+    assert_eq!(listed.len(), 3);
+    assert_eq!(
+        meta.list_documents(Some("nope".into()), 10, 0)
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(meta.list_documents(None, 1, 1).await.unwrap().len(), 1);
+    let stats = meta.stats().await.unwrap();
+    assert_eq!(
+        (stats.documents, stats.chunks, stats.collections),
+        (3, 2, 1)
+    );
+    assert_eq!(stats.jobs.failed, 2, "the superseded job and B's");
+    let collections = meta.list_collections().await.unwrap();
+    assert_eq!(
+        (collections[0].name.as_str(), collections[0].documents),
+        ("c1", 3)
+    );
+
+    // Delete removes the document with its jobs, content and chunks.
+    let removed = meta.delete_document(a.document_id).await.unwrap().unwrap();
+    assert_eq!(removed.id, a.document_id);
+    assert!(meta.get_document(a.document_id).await.unwrap().is_none());
+    assert!(meta.get_job(a.job_id).await.unwrap().is_none());
+    assert!(docs.get_original(a.document_id).await.unwrap().is_none());
+    assert_eq!(docs.count_chunks(a.document_id).await.unwrap(), 0);
+    assert!(meta.delete_document(a.document_id).await.unwrap().is_none());
+
+    // Concurrent submits of many documents all land (pool + write transactions under contention).
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .submit_document(doc(&format!("P{i}"), Some(&format!("p{i}"))))
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(meta.stats().await.unwrap().documents, 42);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_store_behaviour() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(dir.path()).await;
+    assert_eq!(MetadataStore::backend(store.as_ref()), "sqlite");
+    suite(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_store_behaviour() {
+    let db = TestDatabase::create();
+    let store = postgres(&db).await;
+    assert_eq!(MetadataStore::backend(store.as_ref()), "postgres");
+    suite(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migrations_are_idempotent_on_both_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    sqlite(dir.path()).await;
+    let again = sqlite(dir.path()).await;
+    again.ping().await.unwrap();
+    let db = TestDatabase::create();
+    postgres(&db).await;
+    postgres(&db).await.ping().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_replicas_never_claim_the_same_job() {
+    let db = TestDatabase::create();
+    let a = postgres(&db).await;
+    let b = postgres(&db).await;
+    for i in 0..30 {
+        a.submit_document(doc(&format!("J{i}"), None))
+            .await
+            .unwrap();
+    }
+    let lease = Duration::from_secs(60);
+    let claim_all = |s: Arc<SqlStore>, name: &'static str| async move {
+        let mut ids = Vec::new();
+        while let Some(j) = s.claim_job(name, lease).await.unwrap() {
+            ids.push(j.job_id);
+        }
+        ids
+    };
+    let (x, y) = tokio::join!(
+        tokio::spawn(claim_all(a, "a")),
+        tokio::spawn(claim_all(b, "b"))
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    let mut all: Vec<_> = x.iter().chain(y.iter()).collect();
+    assert_eq!(all.len(), 30);
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 30, "no job claimed twice");
+}
