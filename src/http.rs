@@ -229,6 +229,9 @@ pub struct Check {
     pub error: Option<String>,
 }
 
+/// A module's own routes.
+pub type Routes = fn(&mut web::ServiceConfig);
+
 pub type Readiness = fn(Arc<AppState>) -> Pin<Box<dyn Future<Output = Vec<Check>> + Send>>;
 
 async fn ready(
@@ -286,7 +289,7 @@ pub fn serve_module(
     listener: std::net::TcpListener,
     state: Arc<AppState>,
     readiness: Readiness,
-    routes: fn(&mut web::ServiceConfig),
+    routes: Routes,
     workers: usize,
 ) -> std::io::Result<(Server, u16)> {
     let port = listener.local_addr()?.port();

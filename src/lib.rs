@@ -135,11 +135,7 @@ impl Application {
             response,
         });
 
-        let modules: [(
-            &'static str,
-            Readiness,
-            fn(&mut actix_web::web::ServiceConfig),
-        ); 6] = [
+        let modules: [(&'static str, Readiness, http::Routes); 6] = [
             ("api", api::readiness, api::routes),
             ("security", security::readiness, security::routes),
             ("query", query::http::readiness, query::http::routes),
@@ -251,12 +247,17 @@ async fn shutdown_signal() {
     }
 }
 
-/// Lets the vector index merge segments and build its HNSW graph in the background.
+/// Lets the vector index merge segments and build its HNSW graph in the background. Optimising
+/// holds up index writes while it runs, so it waits until ingestion is idle.
 async fn optimize_loop(storage: Storage, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(30)) => {}
             _ = shutdown.changed() => return,
+        }
+        match storage.metadata.stats().await {
+            Ok(s) if s.jobs.queued + s.jobs.running == 0 => {}
+            _ => continue,
         }
         if let Err(e) = storage.vectors.optimize().await {
             tracing::warn!(module = "storage", error = %e, "vector index optimisation failed");

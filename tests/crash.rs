@@ -103,8 +103,17 @@ async fn killed_during_ingestion_every_accepted_document_is_indexed_exactly_once
     for (i, d) in corpus.iter().enumerate() {
         // Kill once some documents are indexed and many are still queued.
         if killed_at.is_none() && i >= 400 {
-            let s = stats(&client, &server).await;
-            let indexed = s["documents_indexed"].as_u64().unwrap();
+            // Let some finish first, so the kill lands between finished, running and queued jobs.
+            let mut indexed = 0;
+            for _ in 0..600 {
+                indexed = stats(&client, &server).await["documents_indexed"]
+                    .as_u64()
+                    .unwrap();
+                if indexed >= 20 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             println!(
                 "killing with {indexed} of {} accepted documents indexed",
                 accepted.len()

@@ -186,10 +186,18 @@ async fn suite(store: Arc<SqlStore>) {
         .unwrap();
     assert_eq!(jc.job_id, c.job_id);
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(meta.requeue_running(false).await.unwrap() >= 1, true);
+    assert_eq!(
+        meta.requeue_running(false).await.unwrap(),
+        1,
+        "only the expired lease"
+    );
     let again = meta.claim_job("alive", lease).await.unwrap().unwrap();
     assert_eq!(again.job_id, c.job_id);
-    assert_eq!(meta.requeue_running(true).await.unwrap() >= 1, true);
+    assert_eq!(
+        meta.requeue_running(true).await.unwrap(),
+        2,
+        "every running job"
+    );
 
     // Listing, stats, collections.
     let listed = meta.list_documents(Some("c1".into()), 10, 0).await.unwrap();

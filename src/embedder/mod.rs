@@ -243,13 +243,14 @@ struct Worker {
     ingest_rx: mpsc::UnboundedReceiver<Request>,
 }
 
-/// An ingestion request being worked through batch by batch.
+/// An ingestion request being worked through, possibly across several batches.
 struct Pending {
     request: Request,
-    /// Text indices sorted by token length; batches are taken from the front.
-    order: Vec<usize>,
-    next: usize,
+    /// Token length of each text.
+    lengths: Vec<usize>,
     out: Vec<Option<Vec<f32>>>,
+    /// Texts not yet embedded.
+    left: usize,
 }
 
 impl Worker {
@@ -259,7 +260,9 @@ impl Worker {
             tracing::error!(module = "embedder", "cannot start the embedder's runtime");
             return;
         };
-        let mut pending: Option<Pending> = None;
+        // Ingestion requests from every worker are pooled, so one model call serves many small
+        // documents and each batch holds texts of similar length.
+        let mut pending: Vec<Pending> = Vec::new();
         loop {
             // Every waiting query first, all in one model call when they fit.
             let mut queries = Vec::new();
@@ -270,24 +273,12 @@ impl Worker {
                 self.serve_queries(queries);
                 continue;
             }
-            if pending.is_none() {
-                pending = match self.ingest_rx.try_recv() {
-                    Ok(r) => Some(self.start(r)),
-                    Err(mpsc::error::TryRecvError::Empty) => None,
-                    Err(mpsc::error::TryRecvError::Disconnected) if self.query_rx.is_closed() => {
-                        return;
-                    }
-                    Err(mpsc::error::TryRecvError::Disconnected) => None,
-                };
+            while let Ok(r) = self.ingest_rx.try_recv() {
+                pending.push(self.start(r));
             }
-            if let Some(mut p) = pending.take() {
-                if self.step(&mut p) {
-                    let out: Vec<Vec<f32>> =
-                        p.out.into_iter().map(Option::unwrap_or_default).collect();
-                    let _ = p.request.reply.send(Ok(out));
-                } else if !p.request.reply.is_closed() {
-                    pending = Some(p);
-                }
+            pending.retain(|p| !p.request.reply.is_closed());
+            if !pending.is_empty() {
+                self.step(&mut pending);
                 continue;
             }
             // Idle: block until either channel has work.
@@ -300,7 +291,7 @@ impl Worker {
             });
             match next {
                 Some((Priority::Query, r)) => self.serve_queries(vec![r]),
-                Some((Priority::Ingest, r)) => pending = Some(self.start(r)),
+                Some((Priority::Ingest, r)) => pending.push(self.start(r)),
                 None => return,
             }
         }
@@ -317,41 +308,67 @@ impl Worker {
                     .unwrap_or(t.len() / 4)
             })
             .collect();
-        let mut order: Vec<usize> = (0..request.texts.len()).collect();
-        order.sort_by_key(|&i| lengths[i]);
         let n = request.texts.len();
         Pending {
             request,
-            order,
-            next: 0,
+            lengths,
             out: vec![None; n],
+            left: n,
         }
     }
 
-    /// Embeds the next batch of `p`; true when `p` is complete (or failed and was answered).
-    fn step(&mut self, p: &mut Pending) -> bool {
-        let end = (p.next + self.batch_size).min(p.order.len());
-        let idx = &p.order[p.next..end];
-        let texts: Vec<&str> = idx.iter().map(|&i| p.request.texts[i].as_str()).collect();
-        let _enter = p.request.span.enter();
+    /// Embeds one batch of the shortest waiting texts across all pending requests, then answers
+    /// every request that is complete (or failed).
+    fn step(&mut self, pending: &mut Vec<Pending>) {
+        let mut waiting: Vec<(usize, usize, usize)> = pending
+            .iter()
+            .enumerate()
+            .flat_map(|(r, p)| {
+                p.out
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, o)| o.is_none())
+                    .map(move |(i, _)| (p.lengths[i], r, i))
+            })
+            .collect();
+        waiting.sort_unstable();
+        waiting.truncate(self.batch_size);
+        let texts: Vec<&str> = waiting
+            .iter()
+            .map(|&(_, r, i)| pending[r].request.texts[i].as_str())
+            .collect();
         let started = Instant::now();
-        match self.engine.embed(&texts, Some(texts.len())) {
+        let result = {
+            let _enter = pending[waiting[0].1].request.span.enter();
+            self.engine.embed(&texts, Some(texts.len()))
+        };
+        match result {
             Ok(vectors) => {
                 metrics::histogram!("embedder_batch_seconds", "priority" => "ingest")
                     .record(started.elapsed().as_secs_f64());
                 metrics::counter!("embedder_texts_total", "priority" => "ingest")
                     .increment(texts.len() as u64);
-                for (&i, v) in idx.iter().zip(vectors) {
-                    p.out[i] = Some(v);
+                for (&(_, r, i), v) in waiting.iter().zip(vectors) {
+                    pending[r].out[i] = Some(v);
+                    pending[r].left -= 1;
                 }
-                p.next = end;
-                p.next >= p.order.len()
+                for p in pending.extract_if(.., |p| p.left == 0) {
+                    let out = p.out.into_iter().map(Option::unwrap_or_default).collect();
+                    let _ = p.request.reply.send(Ok(out));
+                }
             }
             Err(e) => {
-                let (reply, _) = oneshot::channel();
-                let original = std::mem::replace(&mut p.request.reply, reply);
-                let _ = original.send(Err(EmbedError::Inference(e.to_string())));
-                true
+                // Fail only the requests that had texts in this batch.
+                let mut failed: Vec<usize> = waiting.iter().map(|&(_, r, _)| r).collect();
+                failed.sort_unstable();
+                failed.dedup();
+                for r in failed.into_iter().rev() {
+                    let p = pending.remove(r);
+                    let _ = p
+                        .request
+                        .reply
+                        .send(Err(EmbedError::Inference(e.to_string())));
+                }
             }
         }
     }

@@ -116,6 +116,21 @@ impl Chunker {
     /// splitter. Chunks are trimmed, empty ones dropped, and fragments smaller than an eighth
     /// of the budget joined with a neighbour when the result still fits.
     pub fn chunk(&self, text: &str, markdown: bool) -> Vec<TextChunk> {
+        // Most documents fit in one chunk; one tokenisation settles that, where the splitters
+        // would measure many candidate splits first.
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
+            return Vec::new();
+        }
+        let tokens = self.sizer.count(trimmed);
+        if tokens <= self.max_tokens {
+            return vec![TextChunk {
+                index: 0,
+                text: trimmed.to_string(),
+                start: text.len() - text.trim_start().len(),
+                token_count: tokens as u32,
+            }];
+        }
         let pieces: Box<dyn Iterator<Item = (usize, &str)> + '_> = if markdown {
             Box::new(self.markdown.chunk_indices(text))
         } else {

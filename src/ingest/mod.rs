@@ -213,6 +213,8 @@ impl IngestService {
                         _ = shutdown.changed() => {}
                     }
                 }
+                // The runtime is shutting down.
+                Err(StorageError::Join(_)) => return,
                 Err(e) => {
                     tracing::warn!(module = "ingest", error = %e, "cannot claim a job");
                     tokio::select! {
@@ -364,8 +366,11 @@ impl IngestService {
             .collect();
         let n = points.len();
 
-        // Points of an earlier version (or a longer earlier attempt) must not survive.
-        storage.vectors.delete_document(doc.id).await?;
+        // Points of an earlier version (or of an earlier attempt) must not survive. A first
+        // attempt at a first version has none, and skipping the delete saves an index flush.
+        if doc.version > 1 || job.attempts > 1 {
+            storage.vectors.delete_document(doc.id).await?;
+        }
         for batch in points.chunks(256) {
             storage.vectors.upsert(batch.to_vec()).await?;
         }
