@@ -17,7 +17,7 @@ fn main() {
     let models = std::env::var_os("DOCRAG__EMBEDDER__MODEL_DIR")
         .map(PathBuf::from)
         .unwrap_or(root.join("models"));
-    let settings = Settings::for_tests(&std::env::temp_dir(), &models).expect("settings");
+    let settings = Settings::for_tests(&std::env::temp_dir(), &models, &[]).expect("settings");
     let corpus = std::fs::read_to_string(root.join("../shared/datasets/dbpedia-5k/corpus.jsonl"))
         .expect("dataset");
     let n = if full { 2000 } else { 64 };

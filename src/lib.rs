@@ -199,14 +199,19 @@ impl Application {
     /// the rest gracefully and lets the workers finish their current step.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let handles: Vec<ServerHandle> = self.servers.iter().map(|(_, s)| s.handle()).collect();
-        let mut running: Vec<_> = self
+        let running: Vec<_> = self
             .servers
             .into_iter()
             .map(|(name, server)| Box::pin(async move { (name, server.await) }))
             .collect();
-        let first = tokio::select! {
-            ((name, result), _, _) = futures::future::select_all(running.iter_mut()) => Some((name, result)),
+        let mut all = futures::future::select_all(running);
+        let stopped = tokio::select! {
+            ((name, result), _, rest) = &mut all => Some(((name, result), rest)),
             _ = shutdown_signal() => None,
+        };
+        let (first, remaining) = match stopped {
+            Some((first, rest)) => (Some(first), rest),
+            None => (None, all.into_inner()),
         };
         match &first {
             Some((name, Ok(()))) => tracing::warn!(module = name, "server stopped; shutting down"),
@@ -216,10 +221,15 @@ impl Application {
             None => tracing::info!("shutdown requested"),
         }
         let _ = self.shutdown.send(true);
-        http::stop_all(&handles).await;
+        // The servers act on stop commands only while their futures are polled.
+        tokio::join!(
+            http::stop_all(&handles),
+            futures::future::join_all(remaining)
+        );
         for task in self.background {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
+        tracing::info!("stopped");
         match first {
             Some((name, Err(e))) => Err(anyhow::anyhow!("{name} server failed: {e}")),
             _ => Ok(()),

@@ -184,3 +184,36 @@ async fn killed_during_ingestion_every_accepted_document_is_indexed_exactly_once
         assert!(doc["chunk_count"].as_u64().unwrap() >= 1);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_every_server_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path());
+    let client = reqwest::Client::new();
+    assert_eq!(stats(&client, &server).await["documents"], 0);
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "doc-rag did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status}");
+    let refused = client
+        .get(format!("http://127.0.0.1:{}/health", server.ports["api"]))
+        .send()
+        .await;
+    assert!(refused.is_err(), "the API port is closed");
+}

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use common::{TestApp, shared_dir};
 use serde_json::{Value, json};
 
-/// Measured on this machine (see README); a regression below these fails.
-const HYBRID_FLOOR: f64 = 0.30;
+/// Measured here: hybrid 0.491, dense 0.518, keyword 0.368 (deterministic for a given model and
+/// index). The floor leaves room for harmless ranking changes and catches real regressions.
+const HYBRID_FLOOR: f64 = 0.46;
 
 fn read_jsonl(path: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(path)

@@ -130,6 +130,8 @@ pub struct QuerySettings {
     pub max_top_k: usize,
     pub prefetch_limit: usize,
     pub rrf_k: usize,
+    pub dense_weight: f32,
+    pub keyword_weight: f32,
     pub bm25_k1: f64,
     pub bm25_b: f64,
     pub bm25_avg_len: f64,
@@ -263,6 +265,13 @@ impl Settings {
         if self.ingest.workers == 0 {
             return invalid("ingest.workers must be at least 1");
         }
+        if !(self.query.dense_weight >= 0.0 && self.query.keyword_weight >= 0.0)
+            || self.query.dense_weight + self.query.keyword_weight <= 0.0
+        {
+            return invalid(
+                "query.dense_weight and query.keyword_weight must be >= 0 and not both 0",
+            );
+        }
         if self.embedder.batch_size == 0 {
             return invalid("embedder.batch_size must be at least 1");
         }
@@ -310,8 +319,13 @@ impl Settings {
         ]
     }
 
-    /// Settings for tests and tools: every port 0, data in `data_dir`, models from `model_dir`.
-    pub fn for_tests(data_dir: &Path, model_dir: &Path) -> Result<Self, ConfigError> {
+    /// Settings for tests and tools: every port 0 on loopback, data in `data_dir`, models from
+    /// `model_dir`, then `extra` pairs.
+    pub fn for_tests(
+        data_dir: &Path,
+        model_dir: &Path,
+        extra: &[(String, String)],
+    ) -> Result<Self, ConfigError> {
         let mut pairs: Vec<(String, String)> = [
             "api", "security", "query", "response", "embedder", "storage",
         ]
@@ -321,6 +335,7 @@ impl Settings {
         pairs.push(("api.bind".into(), "127.0.0.1".into()));
         pairs.push(("storage.data_dir".into(), data_dir.display().to_string()));
         pairs.push(("embedder.model_dir".into(), model_dir.display().to_string()));
+        pairs.extend(extra.iter().cloned());
         Self::defaults_with(&pairs)
     }
 }

@@ -115,8 +115,12 @@ impl FastEmbedder {
         };
         let model = UserDefinedEmbeddingModel::new(read("model.onnx")?, tokenizer_files)
             .with_pooling(Pooling::Mean);
-        let mut options = InitOptionsUserDefined::new().with_max_length(settings.max_length);
-        options.environment = Some(environment);
+        // Spinning intra-op threads would burn the cores the ingestion and HTTP work need between
+        // model calls.
+        let mut options = InitOptionsUserDefined::new()
+            .with_max_length(settings.max_length)
+            .with_environment(environment)
+            .with_session_config("session.intra_op.allow_spinning", "0");
         if settings.threads > 0 {
             options = options.with_intra_threads(settings.threads);
         }

@@ -216,7 +216,10 @@ impl IngestService {
                 // The runtime is shutting down.
                 Err(StorageError::Join(_)) => return,
                 Err(e) => {
-                    tracing::warn!(module = "ingest", error = %e, "cannot claim a job");
+                    // Every worker sees the same outage; one report is enough.
+                    if n == 0 {
+                        tracing::warn!(module = "ingest", error = %e, "cannot claim a job");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(poll * 2) => {}
                         _ = shutdown.changed() => {}

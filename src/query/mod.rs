@@ -119,6 +119,7 @@ impl QueryService {
                 limit: p.top_k,
                 prefetch_limit: self.settings.prefetch_limit.max(p.top_k),
                 rrf_k: self.settings.rrf_k,
+                weights: fusion_weights(&self.settings),
                 collection: p.collection.clone(),
                 filter: p.filter.clone(),
             })
@@ -154,6 +155,11 @@ impl QueryService {
             })
             .collect())
     }
+}
+
+/// Equal weights are left to the engine's default.
+fn fusion_weights(s: &QuerySettings) -> Option<[f32; 2]> {
+    (s.dense_weight != 1.0 || s.keyword_weight != 1.0).then_some([s.dense_weight, s.keyword_weight])
 }
 
 /// Shared by search and question answering: defaults, bounds and shape checks.

@@ -31,7 +31,14 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub fn init_logging(settings: &LogSettings) {
     static INIT: OnceLock<()> = OnceLock::new();
     INIT.get_or_init(|| {
-        let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
+        // The vector engine warns about internals operators cannot act on; keep its errors only,
+        // unless the level names it.
+        let level = if settings.level.contains("qdrant_edge") {
+            settings.level.clone()
+        } else {
+            format!("{},qdrant_edge=error", settings.level)
+        };
+        let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
         let registry = tracing_subscriber::registry().with(filter);
         let result = match settings.format {
             LogFormat::Json => registry

@@ -21,6 +21,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
+use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::{
     Condition, CountRequest, CreateIndex, Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParams,
     EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, Fusion, JsonPath, Match,
@@ -227,7 +228,9 @@ impl VectorIndex for EdgeVectorIndex {
                     ],
                     query: Some(ScoringQuery::Fusion(Fusion::Rrf {
                         k: query.rrf_k,
-                        weights: None,
+                        weights: query
+                            .weights
+                            .map(|w| w.iter().map(|&x| OrderedFloat(x)).collect()),
                     })),
                     ..request(None, query.limit)
                 };
@@ -625,6 +628,7 @@ mod tests {
             limit: 10,
             prefetch_limit: 10,
             rrf_k: 60,
+            weights: None,
             collection: None,
             filter: None,
         }

@@ -65,6 +65,8 @@ pub struct VectorQuery {
     pub prefetch_limit: usize,
     /// Reciprocal rank fusion constant k.
     pub rrf_k: usize,
+    /// Fusion weights of the dense and keyword retrievers (hybrid only); `None` weighs them equally.
+    pub weights: Option<[f32; 2]>,
     /// Restrict to one collection.
     pub collection: Option<String>,
     /// Equality conditions on metadata fields, all of which must hold. Values are JSON strings,
