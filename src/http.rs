@@ -215,7 +215,9 @@ async fn not_found(req: HttpRequest) -> ApiResult<HttpResponse> {
     ))
 }
 
-async fn health(module: web::Data<ModuleName>) -> HttpResponse {
+/// Liveness: 200 while the process serves (every module port).
+#[utoipa::path(get, path = "/health", responses((status = 200, description = "alive")))]
+pub async fn health(module: web::Data<ModuleName>) -> HttpResponse {
     HttpResponse::Ok()
         .json(json!({"status": "ok", "module": module.0, "version": env!("CARGO_PKG_VERSION")}))
 }
@@ -234,7 +236,11 @@ pub type Routes = fn(&mut web::ServiceConfig);
 
 pub type Readiness = fn(Arc<AppState>) -> Pin<Box<dyn Future<Output = Vec<Check>> + Send>>;
 
-async fn ready(
+/// Readiness: 200 when this module's dependencies answer, 503 naming the failing ones (every
+/// module port).
+#[utoipa::path(get, path = "/ready", responses((status = 200, description = "ready"),
+    (status = 503, description = "a dependency is unavailable: `failing` names it")))]
+pub async fn ready(
     state: web::Data<AppState>,
     module: web::Data<ModuleName>,
     checks: web::Data<Readiness>,

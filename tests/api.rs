@@ -437,6 +437,11 @@ async fn multipart_upload_html_and_request_ids() {
         "/v1/search",
         "/v1/query",
         "/v1/collections",
+        "/health",
+        "/ready",
+        "/metrics",
+        "/openapi.json",
+        "/",
     ] {
         assert!(spec["paths"].get(path).is_some(), "openapi lacks {path}");
     }

@@ -45,7 +45,12 @@ use crate::telemetry::RequestId;
         get_job,
         list_collections,
         search,
-        query
+        query,
+        index,
+        openapi,
+        crate::http::health,
+        crate::http::ready,
+        crate::telemetry::metrics_endpoint
     ),
     components(schemas(
         CreateDocument,
@@ -415,11 +420,15 @@ pub async fn query(
     Ok(HttpResponse::Ok().json(answer))
 }
 
-async fn openapi() -> HttpResponse {
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI 3 description of the API")))]
+pub async fn openapi() -> HttpResponse {
     HttpResponse::Ok().json(ApiDoc::openapi())
 }
 
-async fn index() -> HttpResponse {
+/// Service name and version.
+#[utoipa::path(get, path = "/", responses((status = 200, description = "service name and version")))]
+pub async fn index() -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "service": "doc-rag",
         "version": env!("CARGO_PKG_VERSION"),

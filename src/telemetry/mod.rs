@@ -95,6 +95,8 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Prometheus metrics of the whole process (every module port).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")))]
 pub async fn metrics_endpoint() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
