@@ -56,8 +56,6 @@ pub trait Embedder: Send + Sync + 'static {
         priority: Priority,
     ) -> Result<Vec<Vec<f32>>, EmbedError>;
     fn dimension(&self) -> usize;
-    /// Token count without special tokens (the model truncates beyond `max_length`).
-    fn count_tokens(&self, text: &str) -> usize;
     /// The model's tokenizer, shared with the chunker so chunk sizes are in model tokens.
     fn tokenizer(&self) -> tokenizers::Tokenizer;
     /// Embeds a probe text; `Err` says why the model cannot serve.
@@ -213,13 +211,6 @@ impl Embedder for FastEmbedder {
 
     fn dimension(&self) -> usize {
         self.dimension
-    }
-
-    fn count_tokens(&self, text: &str) -> usize {
-        self.tokenizer
-            .encode(text, false)
-            .map(|e| e.len())
-            .unwrap_or(text.len() / 4)
     }
 
     fn tokenizer(&self) -> tokenizers::Tokenizer {
