@@ -1,6 +1,7 @@
 //! HTTP plumbing every module server shares: the JSON error type with its one exhaustive mapping
 //! from module errors to status codes, extractor error handlers, `/health`, `/ready`, `/metrics`,
-//! and the per-module `App` with request-id and metrics middleware.
+//! and the per-module `App` with request-id and metrics middleware around the security guard, so
+//! every port denies by default.
 //!
 //! 500s are opaque to clients (`internal`), and logged with their cause chain.
 
@@ -22,6 +23,9 @@ use crate::embedder::EmbedError;
 use crate::ingest::IngestError;
 use crate::query::QueryError;
 use crate::response::ResponseError as AnswerError;
+use crate::security::guard::{GuardCtx, guard};
+use crate::security::tokens::AuthFailure;
+use crate::security::{SecurityError, SecurityService};
 use crate::storage::StorageError;
 use crate::telemetry::{ModuleName, request_middleware};
 
@@ -30,6 +34,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -38,7 +44,12 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
@@ -96,7 +107,11 @@ impl ResponseError for ApiError {
         self.status
     }
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(ErrorBody {
+        let mut res = HttpResponse::build(self.status);
+        if let Some(secs) = self.retry_after {
+            res.insert_header((actix_web::http::header::RETRY_AFTER, secs.to_string()));
+        }
+        res.json(ErrorBody {
             code: self.code.to_string(),
             message: self.message.clone(),
             request_id: None,
@@ -156,6 +171,31 @@ impl From<QueryError> for ApiError {
             QueryError::Invalid(m) => ApiError::bad_request(m),
             QueryError::Embed(e) => e.into(),
             QueryError::Storage(s) => s.into(),
+        }
+    }
+}
+
+impl From<SecurityError> for ApiError {
+    fn from(e: SecurityError) -> Self {
+        match e {
+            SecurityError::Unauthorized(AuthFailure::Unavailable) => {
+                ApiError::unavailable(AuthFailure::Unavailable.message()).with_retry_after(1)
+            }
+            SecurityError::Unauthorized(f) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, f.code(), f.message())
+            }
+            SecurityError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
+            SecurityError::Invalid(m) => ApiError::bad_request(m),
+            SecurityError::NotFound(what) => ApiError::not_found(what),
+            SecurityError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            SecurityError::LockedOut(wait) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_login_attempts",
+                e.to_string(),
+            )
+            .with_retry_after(wait.as_secs().max(1)),
+            SecurityError::Hash(_) => ApiError::internal(&e),
+            SecurityError::Storage(s) => s.into(),
         }
     }
 }
@@ -237,7 +277,7 @@ pub type Routes = fn(&mut web::ServiceConfig);
 pub type Readiness = fn(Arc<AppState>) -> Pin<Box<dyn Future<Output = Vec<Check>> + Send>>;
 
 /// Readiness: 200 when this module's dependencies answer, 503 naming the failing ones (every
-/// module port).
+/// module port). Public, so it says only which dependencies fail; why is in the log.
 #[utoipa::path(get, path = "/ready", responses((status = 200, description = "ready"),
     (status = 503, description = "a dependency is unavailable: `failing` names it")))]
 pub async fn ready(
@@ -247,17 +287,19 @@ pub async fn ready(
 ) -> HttpResponse {
     let results = (checks.get_ref())(state.into_inner()).await;
     let failing: Vec<&str> = results.iter().filter(|c| !c.ok).map(|c| c.name).collect();
+    for c in results.iter().filter(|c| !c.ok) {
+        tracing::warn!(
+            module = module.0,
+            dependency = c.name,
+            error = c.error.as_deref().unwrap_or(""),
+            "not ready"
+        );
+    }
     if failing.is_empty() {
-        HttpResponse::Ok().json(json!({"status": "ready", "module": module.0, "checks": results}))
+        HttpResponse::Ok().json(json!({"status": "ready", "failing": failing}))
     } else {
-        HttpResponse::ServiceUnavailable().json(json!({
-            "status": "unavailable",
-            "module": module.0,
-            "code": "not_ready",
-            "message": format!("dependency not available: {}", failing.join(", ")),
-            "failing": failing,
-            "checks": results,
-        }))
+        HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "unavailable", "failing": failing}))
     }
 }
 
@@ -298,12 +340,20 @@ pub fn serve_module(
     routes: Routes,
     workers: usize,
 ) -> std::io::Result<(Server, u16)> {
-    let port = listener.local_addr()?.port();
+    let local = listener.local_addr()?;
+    let port = local.port();
     let limit = state.settings.api.max_body_bytes;
+    let guard_ctx = GuardCtx {
+        module,
+        loopback: local.ip().is_loopback(),
+        security: state.security.clone(),
+    };
+    let security: web::Data<SecurityService> = web::Data::from(state.security.clone());
     let data = web::Data::from(state);
     let server = HttpServer::new(move || {
         actix_web::App::new()
             .app_data(data.clone())
+            .app_data(security.clone())
             .app_data(web::Data::new(ModuleName(module)))
             .app_data(web::Data::new(readiness))
             .app_data(
@@ -314,6 +364,10 @@ pub fn serve_module(
             .app_data(web::PayloadConfig::default().limit(limit))
             .app_data(web::PathConfig::default().error_handler(path_error))
             .app_data(web::QueryConfig::default().error_handler(query_error))
+            .wrap(from_fn({
+                let ctx = guard_ctx.clone();
+                move |req, next| guard(ctx.clone(), req, next)
+            }))
             .wrap(from_fn(move |req, next| {
                 request_middleware(ModuleName(module), req, next)
             }))

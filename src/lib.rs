@@ -33,6 +33,7 @@ use crate::http::Readiness;
 use crate::ingest::{IngestService, Ingestor};
 use crate::query::{QueryError, QueryService, SearchParams, Searcher, validate_params};
 use crate::response::{Responder, ResponseService};
+use crate::security::SecurityService;
 use crate::storage::Storage;
 use crate::storage::cache::MemoryCache;
 use crate::storage::sql::SqlStore;
@@ -47,6 +48,7 @@ pub struct AppState {
     pub ingest: Arc<dyn Ingestor>,
     pub search: Arc<dyn Searcher>,
     pub response: Arc<dyn Responder>,
+    pub security: Arc<SecurityService>,
 }
 
 impl AppState {
@@ -81,6 +83,7 @@ pub async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
         .context("vector index")?;
     Ok(Storage {
         metadata: sql.clone(),
+        security: sql.clone(),
         documents: sql,
         vectors: Arc::new(vectors),
         cache: Arc::new(MemoryCache::new(
@@ -102,6 +105,9 @@ impl Application {
     /// Builds the whole service: stores, model, modules, workers and the six bound listeners.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let storage = open_storage(&settings).await?;
+        let security = SecurityService::start(settings.security.clone(), storage.security.clone())
+            .await
+            .context("security")?;
         let embedder = embedder::load(&settings.embedder)
             .await
             .context("embedder")?;
@@ -133,6 +139,7 @@ impl Application {
             ingest: ingest.clone(),
             search,
             response,
+            security: security.clone(),
         });
 
         let modules: [(&'static str, Readiness, http::Routes); 6] = [
@@ -172,6 +179,7 @@ impl Application {
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut background = ingest.spawn_workers(shutdown_rx.clone());
+        background.push(security.spawn_sync(shutdown_rx.clone()));
         background.push(tokio::spawn(optimize_loop(storage.clone(), shutdown_rx)));
         Ok(Self {
             servers,

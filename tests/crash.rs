@@ -4,73 +4,17 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{model_dir, shared_dir};
+use common::{ServerProcess, shared_dir};
 use serde_json::{Value, json};
 
-struct Server {
-    child: Child,
-    ports: std::collections::HashMap<String, u16>,
+fn start(data_dir: &std::path::Path) -> ServerProcess {
+    ServerProcess::start(data_dir, &[], &[])
 }
 
-/// Starts `doc-rag serve` on port 0 everywhere and learns the bound ports from its JSON logs.
-fn start(data_dir: &std::path::Path) -> Server {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_doc-rag"));
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["--log-format", "json"])
-        .args(["--set", "api.bind=127.0.0.1"])
-        .args([
-            "--set",
-            &format!("embedder.model_dir={}", model_dir().display()),
-        ]);
-    for m in [
-        "api", "security", "query", "response", "embedder", "storage",
-    ] {
-        cmd.args(["--set", &format!("{m}.port=0")]);
-    }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line)
-                && v["message"] == "listening"
-            {
-                let _ = tx.send((
-                    v["module"].as_str().unwrap_or("").to_string(),
-                    v["port"].as_u64().unwrap_or(0) as u16,
-                ));
-            }
-        }
-    });
-    let mut ports = std::collections::HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while ports.len() < 6 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let (m, p) = rx.recv_timeout(left).expect("server reports its six ports");
-        ports.insert(m, p);
-    }
-    Server { child, ports }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn stats(client: &reqwest::Client, s: &Server) -> Value {
+async fn stats(client: &reqwest::Client, s: &ServerProcess) -> Value {
     client
         .get(format!("http://127.0.0.1:{}/v1/stats", s.ports["storage"]))
         .send()
@@ -91,12 +35,9 @@ async fn killed_during_ingestion_every_accepted_document_is_indexed_exactly_once
             .take(600)
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-
     let mut server = start(dir.path());
+    // The signing keys live in the database: this token still works after the restart.
+    let client = server.admin_client().await;
     let api = format!("http://127.0.0.1:{}", server.ports["api"]);
     let mut accepted = Vec::new();
     let mut killed_at = None;
@@ -189,7 +130,7 @@ async fn killed_during_ingestion_every_accepted_document_is_indexed_exactly_once
 async fn sigterm_stops_every_server_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = start(dir.path());
-    let client = reqwest::Client::new();
+    let client = server.admin_client().await;
     assert_eq!(stats(&client, &server).await["documents"], 0);
     let pid = server.child.id().to_string();
     assert!(

@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use common::TestDatabase;
 use doc_rag::config::Settings;
+use doc_rag::storage::security::{
+    AuditQuery, AuditRecord, GrantRecord, RefreshRecord, RefreshUse, SecurityStore,
+    SigningKeyRecord, UserRecord, UserUpdate,
+};
 use doc_rag::storage::sql::SqlStore;
 use doc_rag::storage::{
     DocumentStatus, DocumentStore, JobStatus, MetadataStore, NewDocument, StoredChunk, chunk_id,
@@ -200,16 +204,36 @@ async fn suite(store: Arc<SqlStore>) {
     );
 
     // Listing, stats, collections.
-    let listed = meta.list_documents(Some("c1".into()), 10, 0).await.unwrap();
+    let listed = meta
+        .list_documents(Some("c1".into()), None, 10, 0)
+        .await
+        .unwrap();
     assert_eq!(listed.len(), 3);
     assert_eq!(
-        meta.list_documents(Some("nope".into()), 10, 0)
+        meta.list_documents(Some("nope".into()), None, 10, 0)
             .await
             .unwrap()
             .len(),
         0
     );
-    assert_eq!(meta.list_documents(None, 1, 1).await.unwrap().len(), 1);
+    assert_eq!(
+        meta.list_documents(None, None, 1, 1).await.unwrap().len(),
+        1
+    );
+    assert_eq!(
+        meta.list_documents(None, Some(vec!["c1".into()]), 10, 0)
+            .await
+            .unwrap()
+            .len(),
+        listed.len(),
+        "`within` restricts to the given collections"
+    );
+    assert!(
+        meta.list_documents(None, Some(vec![]), 10, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let stats = meta.stats().await.unwrap();
     assert_eq!(
         (stats.documents, stats.chunks, stats.collections),
@@ -245,6 +269,240 @@ async fn suite(store: Arc<SqlStore>) {
         t.await.unwrap().unwrap();
     }
     assert_eq!(meta.stats().await.unwrap().documents, 42);
+}
+
+/// The security tables: every change bumps the generation, refresh tokens are single-use under
+/// concurrency, families revoke together, signing keys rotate, and the audit log is append-only
+/// (the database itself refuses to change it).
+async fn security_suite(store: Arc<SqlStore>) {
+    let sec: &dyn SecurityStore = store.as_ref();
+    let g0 = sec.state().await.unwrap().generation;
+    let user = UserRecord {
+        id: "u1".into(),
+        email: "a@x.org".into(),
+        password_hash: "h".into(),
+        role: "viewer".into(),
+        disabled: false,
+        sessions_valid_after: 0,
+        created_at: 1,
+        updated_at: 1,
+    };
+    sec.create_user(user.clone()).await.unwrap();
+    assert!(
+        sec.state().await.unwrap().generation > g0,
+        "a change bumps the generation"
+    );
+    let dup = UserRecord {
+        id: "u2".into(),
+        ..user.clone()
+    };
+    assert!(matches!(
+        sec.create_user(dup).await,
+        Err(doc_rag::storage::StorageError::Conflict(_))
+    ));
+    assert_eq!(sec.count_users().await.unwrap(), 1);
+    assert_eq!(
+        sec.find_user_by_email("a@x.org").await.unwrap().unwrap().id,
+        "u1"
+    );
+    let updated = sec
+        .update_user(
+            "u1",
+            UserUpdate {
+                role: Some("editor".into()),
+                disabled: Some(true),
+                end_sessions: true,
+                ..UserUpdate::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((updated.role.as_str(), updated.disabled), ("editor", true));
+    assert!(updated.sessions_valid_after > 0);
+    assert!(
+        sec.update_user("nobody", UserUpdate::default())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Refresh tokens: of many concurrent presentations, exactly one wins.
+    let now = 1_000_000;
+    let token = |id: &str, family: &str| RefreshRecord {
+        id: id.into(),
+        family: family.into(),
+        user_id: "u1".into(),
+        token_hash: format!("hash-{id}"),
+        expires_at: now + 60_000,
+        used_at: None,
+        revoked_at: None,
+        created_at: now,
+    };
+    sec.insert_refresh(token("r1", "f1")).await.unwrap();
+    sec.insert_refresh(token("r2", "f1")).await.unwrap();
+    sec.insert_refresh(token("r3", "f2")).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            s.use_refresh("hash-r1", now).await.unwrap()
+        }));
+    }
+    let mut fresh = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            RefreshUse::Fresh(_) => fresh += 1,
+            RefreshUse::Reused(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(fresh, 1, "a refresh token works once");
+    assert!(matches!(
+        sec.use_refresh("hash-r3", now + 120_000).await.unwrap(),
+        RefreshUse::Expired(_)
+    ));
+    assert_eq!(
+        sec.use_refresh("nope", now).await.unwrap(),
+        RefreshUse::Unknown
+    );
+    sec.revoke_family("f1", now + 5).await.unwrap();
+    assert!(matches!(
+        sec.use_refresh("hash-r2", now).await.unwrap(),
+        RefreshUse::Reused(_)
+    ));
+    assert_eq!(
+        sec.revoked_families(now).await.unwrap(),
+        vec!["f1".to_string()]
+    );
+    sec.revoke_all_sessions(now + 10).await.unwrap();
+    assert_eq!(sec.state().await.unwrap().sessions_valid_after, now + 10);
+
+    // Signing keys: one current key at a time; the old one gets its retirement time.
+    let key = |kid: &str| SigningKeyRecord {
+        kid: kid.into(),
+        secret: "c2VjcmV0".into(),
+        created_at: now,
+        retire_at: None,
+    };
+    sec.add_signing_key(key("k1"), now, true).await.unwrap();
+    sec.add_signing_key(key("k0"), now, true).await.unwrap();
+    assert_eq!(
+        sec.signing_keys().await.unwrap().len(),
+        1,
+        "only_if_none keeps the existing key"
+    );
+    sec.add_signing_key(key("k2"), now + 99, false)
+        .await
+        .unwrap();
+    let keys = sec.signing_keys().await.unwrap();
+    let k1 = keys.iter().find(|k| k.kid == "k1").unwrap();
+    let k2 = keys.iter().find(|k| k.kid == "k2").unwrap();
+    assert_eq!((k1.retire_at, k2.retire_at), (Some(now + 99), None));
+
+    // Grants replace each other per (collection, principal).
+    let grant = |c: &str, access: &str| GrantRecord {
+        collection: c.into(),
+        principal: "user:u1".into(),
+        access: access.into(),
+        created_at: now,
+    };
+    sec.set_grant(grant("a", "read")).await.unwrap();
+    sec.set_grant(grant("a", "write")).await.unwrap();
+    sec.set_grant(grant("b", "read")).await.unwrap();
+    let mut mine = sec.grants_of_principal("user:u1").await.unwrap();
+    mine.sort_by(|x, y| x.collection.cmp(&y.collection));
+    assert_eq!(
+        mine.iter()
+            .map(|g| (g.collection.as_str(), g.access.as_str()))
+            .collect::<Vec<_>>(),
+        [("a", "write"), ("b", "read")]
+    );
+    assert!(sec.delete_grant("a", "user:u1").await.unwrap());
+    assert!(!sec.delete_grant("a", "user:u1").await.unwrap());
+    assert!(sec.delete_user("u1").await.unwrap());
+    assert!(
+        sec.grants_of_principal("user:u1").await.unwrap().is_empty(),
+        "grants go with the user"
+    );
+
+    // The audit log filters, pages, and cannot be changed.
+    for (i, event) in ["login_success", "login_failure", "login_failure"]
+        .iter()
+        .enumerate()
+    {
+        sec.append_audit(AuditRecord {
+            at: now + i as i64,
+            event: event.to_string(),
+            actor: Some("user:u9".into()),
+            ip: Some(format!("10.0.0.{i}")),
+            outcome: "failure".into(),
+            ..AuditRecord::default()
+        })
+        .await
+        .unwrap();
+    }
+    let q = |event: Option<&str>, ip: Option<&str>| AuditQuery {
+        event: event.map(Into::into),
+        ip: ip.map(Into::into),
+        limit: 10,
+        ..AuditQuery::default()
+    };
+    assert_eq!(
+        sec.query_audit(q(Some("login_failure"), None))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        sec.query_audit(q(None, Some("10.0.0.0")))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let newest_first = sec
+        .query_audit(AuditQuery {
+            limit: 2,
+            offset: 1,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        newest_first.iter().map(|e| e.at).collect::<Vec<_>>(),
+        [now + 1, now]
+    );
+    let since = sec
+        .query_audit(AuditQuery {
+            since: Some(now + 1),
+            until: Some(now + 2),
+            limit: 10,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(since.len(), 1);
+    let tampered = store
+        .raw_execute("UPDATE audit_log SET outcome = 'success'")
+        .await;
+    assert!(tampered.is_err(), "UPDATE on the audit log is refused");
+    let deleted = store.raw_execute("DELETE FROM audit_log").await;
+    assert!(deleted.is_err(), "DELETE on the audit log is refused");
+    assert_eq!(sec.query_audit(q(None, None)).await.unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_security_store_behaviour() {
+    let dir = tempfile::tempdir().unwrap();
+    security_suite(sqlite(dir.path()).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_security_store_behaviour() {
+    let db = TestDatabase::create();
+    security_suite(postgres(&db).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

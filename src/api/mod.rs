@@ -1,7 +1,9 @@
 //! The public REST API (port 8080): documents, jobs, collections, search and question answering,
 //! described at `/openapi.json`. Handlers are thin: they check transport-level input (body size,
 //! content type, ids) and call the ingest, query and response modules through their traits.
-//! Every route takes a [`Caller`] so authentication can be enforced without touching it.
+//! The security guard has authenticated every caller before a handler runs; handlers check the
+//! caller's access per collection. A collection the caller cannot read looks like one that does
+//! not exist (404, empty lists); writing where one may only read is 403 and audited.
 
 pub mod model;
 
@@ -24,10 +26,12 @@ use crate::AppState;
 use crate::http::{
     ApiError, ApiResult, Check, check_database, check_embedder, check_vectors, deserialize_error,
 };
+use crate::ingest::DEFAULT_COLLECTION;
 use crate::ingest::Upload;
 use crate::query::SearchParams;
 use crate::response::AnswerParams;
 use crate::security::Caller;
+use crate::security::audit::{AuditCtx, Event, Outcome};
 use crate::storage::{CollectionInfo, Document, Job, JobStatus};
 use crate::telemetry::RequestId;
 
@@ -50,7 +54,18 @@ use crate::telemetry::RequestId;
         openapi,
         crate::http::health,
         crate::http::ready,
-        crate::telemetry::metrics_endpoint
+        crate::telemetry::metrics_endpoint,
+        crate::security::http::login,
+        crate::security::http::refresh,
+        crate::security::http::logout,
+        crate::security::http::me,
+        crate::security::http::change_password,
+        crate::security::http::create_api_key,
+        crate::security::http::list_api_keys,
+        crate::security::http::revoke_api_key,
+        crate::security::http::list_grants,
+        crate::security::http::set_grant,
+        crate::security::http::delete_grant
     ),
     components(schemas(
         CreateDocument,
@@ -69,10 +84,48 @@ use crate::telemetry::RequestId;
         JobStatus,
         CollectionInfo,
         crate::storage::DocumentStatus,
-        crate::storage::vector::SearchMode
-    ))
+        crate::storage::vector::SearchMode,
+        crate::security::http::LoginRequest,
+        crate::security::http::RefreshRequest,
+        crate::security::http::PasswordChange,
+        crate::security::http::CreateApiKey,
+        crate::security::http::ApiKeyCreated,
+        crate::security::http::GrantRequest,
+        crate::security::TokenPair,
+        crate::security::UserView,
+        crate::security::ApiKeyView,
+        crate::security::Role,
+        crate::security::Permission
+    )),
+    modifiers(&BearerAuth),
+    security(("bearer" = []), ("api_key" = []))
 )]
 pub struct ApiDoc;
+
+/// Declares the two credential forms every protected route accepts.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT or API key")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+    }
+}
 
 #[derive(Debug, Deserialize)]
 pub struct WaitParam {
@@ -220,7 +273,7 @@ async fn upload_from_multipart(
     responses((status = 202, body = DocumentAccepted), (status = 200, body = DocumentAccepted, description = "indexed (wait=true)"),
         (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create_document(
-    _caller: Caller,
+    caller: Caller,
     state: web::Data<AppState>,
     req: HttpRequest,
     wait: web::Query<WaitParam>,
@@ -254,6 +307,15 @@ pub async fn create_document(
             "send application/json or multipart/form-data (a file field)",
         ));
     };
+    let collection = upload.collection.as_deref().unwrap_or(DEFAULT_COLLECTION);
+    if !caller.can_write(collection) {
+        return Err(denied(
+            &state,
+            &req,
+            format!("you may not write to collection {collection:?}"),
+        )
+        .await);
+    }
     let submitted = state.ingest.submit(upload).await?;
     let mut accepted = DocumentAccepted {
         document_id: submitted.document_id,
@@ -299,7 +361,7 @@ pub struct ListParams {
     params(("collection" = Option<String>, Query,), ("limit" = Option<i64>, Query, description = "1..=1000, default 100"), ("offset" = Option<i64>, Query,)),
     responses((status = 200, body = DocumentList)))]
 pub async fn list_documents(
-    _caller: Caller,
+    caller: Caller,
     state: web::Data<AppState>,
     q: web::Query<ListParams>,
 ) -> ApiResult<HttpResponse> {
@@ -310,11 +372,16 @@ pub async fn list_documents(
             "limit must be 1..=1000 and offset >= 0",
         ));
     }
-    let documents = state
-        .storage
-        .metadata
-        .list_documents(q.collection.clone(), limit, offset)
-        .await?;
+    let documents = match &q.collection {
+        Some(c) if !caller.can_read(c) => Vec::new(),
+        _ => {
+            state
+                .storage
+                .metadata
+                .list_documents(q.collection.clone(), caller.read_scope(), limit, offset)
+                .await?
+        }
+    };
     Ok(HttpResponse::Ok().json(DocumentList {
         documents,
         limit,
@@ -324,37 +391,81 @@ pub async fn list_documents(
 
 #[utoipa::path(get, path = "/v1/documents/{id}", responses((status = 200, body = Document), (status = 404, body = ErrorBody)))]
 pub async fn get_document(
-    _caller: Caller,
+    caller: Caller,
     state: web::Data<AppState>,
     id: web::Path<Uuid>,
 ) -> ApiResult<HttpResponse> {
-    let doc = state
+    Ok(HttpResponse::Ok().json(readable_document(&caller, &state, *id).await?))
+}
+
+/// The document, if it exists in a collection the caller may read.
+async fn readable_document(caller: &Caller, state: &AppState, id: Uuid) -> ApiResult<Document> {
+    state
         .storage
         .metadata
-        .get_document(*id)
+        .get_document(id)
         .await?
-        .ok_or_else(|| ApiError::not_found("document"))?;
-    Ok(HttpResponse::Ok().json(doc))
+        .filter(|d| caller.can_read(&d.collection))
+        .ok_or_else(|| ApiError::not_found("document"))
+}
+
+/// A 403 for a caller who may read but not write here, recorded in the audit log.
+async fn denied(state: &AppState, req: &HttpRequest, why: String) -> ApiError {
+    let ctx = AuditCtx::from_request(req);
+    state
+        .security
+        .audit(
+            &ctx,
+            Event::PermissionDenied,
+            None,
+            Outcome::Denied,
+            Some(format!("{} {}: {why}", req.method(), req.path())),
+        )
+        .await;
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", why)
 }
 
 #[utoipa::path(delete, path = "/v1/documents/{id}", responses((status = 200, body = DocumentDeleted), (status = 404, body = ErrorBody)))]
 pub async fn delete_document(
-    _caller: Caller,
+    caller: Caller,
     state: web::Data<AppState>,
+    req: HttpRequest,
     id: web::Path<Uuid>,
 ) -> ApiResult<HttpResponse> {
+    let doc = readable_document(&caller, &state, *id).await?;
+    if !caller.can_write(&doc.collection) {
+        return Err(denied(
+            &state,
+            &req,
+            format!("you may not delete from collection {:?}", doc.collection),
+        )
+        .await);
+    }
     match state.ingest.delete(*id).await? {
-        Some(_) => Ok(HttpResponse::Ok().json(DocumentDeleted {
-            document_id: *id,
-            deleted: true,
-        })),
+        Some(_) => {
+            let ctx = AuditCtx::from_request(&req);
+            state
+                .security
+                .audit(
+                    &ctx,
+                    Event::DocumentDeleted,
+                    Some(format!("document:{}", *id)),
+                    Outcome::Success,
+                    Some(format!("collection {}", doc.collection)),
+                )
+                .await;
+            Ok(HttpResponse::Ok().json(DocumentDeleted {
+                document_id: *id,
+                deleted: true,
+            }))
+        }
         None => Err(ApiError::not_found("document")),
     }
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}", responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
 pub async fn get_job(
-    _caller: Caller,
+    caller: Caller,
     state: web::Data<AppState>,
     id: web::Path<Uuid>,
 ) -> ApiResult<HttpResponse> {
@@ -364,22 +475,34 @@ pub async fn get_job(
         .get_job(*id)
         .await?
         .ok_or_else(|| ApiError::not_found("job"))?;
+    if !caller.is_admin() {
+        readable_document(&caller, &state, job.document_id)
+            .await
+            .map_err(|_| ApiError::not_found("job"))?;
+    }
     Ok(HttpResponse::Ok().json(job))
 }
 
 #[utoipa::path(get, path = "/v1/collections", responses((status = 200, body = Vec<CollectionInfo>)))]
 pub async fn list_collections(
-    _caller: Caller,
+    caller: Caller,
     state: web::Data<AppState>,
 ) -> ApiResult<HttpResponse> {
-    let collections = state.storage.metadata.list_collections().await?;
+    let mut collections = state.storage.metadata.list_collections().await?;
+    collections.retain(|c| caller.can_read(&c.name));
     Ok(HttpResponse::Ok().json(json!({ "collections": collections })))
 }
 
 /// Transport-neutral search shared by the API and the query module's port.
-pub async fn run_search(state: &AppState, req: SearchRequest) -> ApiResult<SearchResponse> {
+/// `scope`: the collections the caller may read (`None`: all).
+pub async fn run_search(
+    state: &AppState,
+    req: SearchRequest,
+    scope: Option<Vec<String>>,
+) -> ApiResult<SearchResponse> {
     let started = Instant::now();
-    let params: SearchParams = state.query_params(req)?;
+    let mut params: SearchParams = state.query_params(req)?;
+    params.scope = scope;
     let mode = params.mode;
     let outcome = state.search.search(params).await?;
     Ok(SearchResponse {
@@ -393,17 +516,17 @@ pub async fn run_search(state: &AppState, req: SearchRequest) -> ApiResult<Searc
 #[utoipa::path(post, path = "/v1/search", request_body = SearchRequest,
     responses((status = 200, body = SearchResponse), (status = 400, body = ErrorBody)))]
 pub async fn search(
-    _caller: Caller,
+    caller: Caller,
     state: web::Data<AppState>,
     body: web::Json<SearchRequest>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(run_search(&state, body.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(run_search(&state, body.into_inner(), caller.read_scope()).await?))
 }
 
 #[utoipa::path(post, path = "/v1/query", request_body = QueryRequest,
     responses((status = 200, body = QueryResponse), (status = 400, body = ErrorBody)))]
 pub async fn query(
-    _caller: Caller,
+    caller: Caller,
     state: web::Data<AppState>,
     body: web::Json<QueryRequest>,
 ) -> ApiResult<HttpResponse> {
@@ -415,6 +538,7 @@ pub async fn query(
             top_k: q.top_k,
             collection: q.collection,
             filter: q.filter,
+            scope: caller.read_scope(),
         })
         .await?;
     Ok(HttpResponse::Ok().json(answer))
@@ -446,7 +570,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/jobs/{id}", web::get().to(get_job))
         .route("/v1/collections", web::get().to(list_collections))
         .route("/v1/search", web::post().to(search))
-        .route("/v1/query", web::post().to(query));
+        .route("/v1/query", web::post().to(query))
+        .configure(crate::security::http::routes);
 }
 
 pub fn readiness(

@@ -43,6 +43,9 @@ pub struct ServerArgs {
     /// Base URL of the doc-rag API
     #[arg(long, env = "DOCRAG_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// Access token or API key (default: the session `doc-rag login` stored)
+    #[arg(long, env = "DOCRAG_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -132,7 +135,7 @@ fn search_mode_name(mode: SearchMode) -> &'static str {
 
 /// `doc-rag ingest`: upload files, wait for them to be indexed, print one status row per file.
 pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
-    let api = Api::new(&args.server)?;
+    let api = Api::new(&args.server).await?;
     let collected = collect_files(&args.paths);
     if collected.files.is_empty() && collected.errors.is_empty() {
         bail!("no supported files found (looked for {})", supported_list());
@@ -194,7 +197,7 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
 
 /// `doc-rag ask`: answer a question with citations.
 pub async fn ask(args: AskArgs) -> anyhow::Result<()> {
-    let api = Api::new(&args.server)?;
+    let api = Api::new(&args.server).await?;
     let body = QueryRequest {
         query: args.question,
         top_k: args.top_k,
@@ -214,7 +217,7 @@ pub async fn ask(args: AskArgs) -> anyhow::Result<()> {
 
 /// `doc-rag search`: ranked chunks without generating an answer.
 pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
-    let api = Api::new(&args.server)?;
+    let api = Api::new(&args.server).await?;
     let body = SearchRequest {
         query: args.query,
         top_k: args.top_k,
@@ -312,7 +315,7 @@ struct Api {
 }
 
 impl Api {
-    fn new(server: &ServerArgs) -> anyhow::Result<Self> {
+    async fn new(server: &ServerArgs) -> anyhow::Result<Self> {
         let base = server.url.trim_end_matches('/').to_string();
         let parsed = reqwest::Url::parse(&base)
             .with_context(|| format!("invalid --url {:?}", server.url))?;
@@ -324,9 +327,10 @@ impl Api {
             .user_agent(concat!("doc-rag-cli/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("building the HTTP client")?;
-        let token = std::env::var("DOCRAG_TOKEN")
-            .ok()
-            .filter(|t| !t.trim().is_empty());
+        let token = match server.token.as_deref().map(str::trim) {
+            Some(t) if !t.is_empty() => Some(t.to_string()),
+            _ => super::credentials::token_for(&http, &base).await,
+        };
         Ok(Api { http, base, token })
     }
 

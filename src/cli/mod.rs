@@ -1,7 +1,10 @@
 //! The `doc-rag` command line: `serve` and `migrate` run the service side; `ingest`, `ask` and
-//! `search` are HTTP clients of a running service (see [`client`]).
+//! `search` are HTTP clients of a running service (see [`client`]); `login`, `logout` and
+//! `admin` manage sessions and security (see [`admin`]).
 
+pub mod admin;
 pub mod client;
+pub mod credentials;
 
 use std::path::PathBuf;
 
@@ -33,6 +36,12 @@ pub enum Command {
     Ask(client::AskArgs),
     /// Search; prints ranked chunks with scores
     Search(client::SearchArgs),
+    /// Log in; the session is stored for later commands (mode 0600)
+    Login(admin::LoginArgs),
+    /// End the stored session
+    Logout(admin::LogoutArgs),
+    /// Users, API keys, JWT rotation, session revocation, IP blocks, audit log, rate limits
+    Admin(admin::AdminArgs),
 }
 
 /// Configuration flags of the service side; they override files and environment.
@@ -105,5 +114,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ingest(args) => client::ingest(args).await,
         Command::Ask(args) => client::ask(args).await,
         Command::Search(args) => client::search(args).await,
+        Command::Login(args) => admin::login(args).await,
+        Command::Logout(args) => admin::logout(args).await,
+        Command::Admin(args) => admin::run(args).await,
     }
 }

@@ -26,7 +26,7 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub database: DatabaseSettings,
     pub api: ApiSettings,
-    pub security: ServerSettings,
+    pub security: SecuritySettings,
     pub query: QuerySettings,
     pub response: ResponseSettings,
     pub embedder: EmbedderSettings,
@@ -49,6 +49,58 @@ impl ServerSettings {
             ConfigError::Invalid(format!("bind address {:?} is not an IP address", self.bind))
         })?;
         Ok(SocketAddr::new(ip, self.port))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SecuritySettings {
+    pub bind: String,
+    pub port: u16,
+    pub admin_email: String,
+    pub admin_password: SecretString,
+    pub jwt_secret: SecretString,
+    pub jwt_algorithm: String,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    pub access_token_ttl_secs: u64,
+    pub refresh_token_ttl_secs: u64,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    pub hash_concurrency: usize,
+    pub metrics_token: SecretString,
+    pub service_token: SecretString,
+    pub trusted_proxies: String,
+    pub sync_interval_ms: u64,
+    pub login_max_failures: u32,
+    pub login_ip_max_failures: u32,
+    pub login_lockout_secs: u64,
+    pub rate_limit_auth_ip: String,
+    pub rate_limit_auth_user: String,
+    pub rate_limit_ingest_ip: String,
+    pub rate_limit_ingest_user: String,
+    pub rate_limit_query_ip: String,
+    pub rate_limit_query_user: String,
+}
+
+impl SecuritySettings {
+    pub fn server(&self) -> ServerSettings {
+        ServerSettings {
+            bind: self.bind.clone(),
+            port: self.port,
+        }
+    }
+
+    /// The configured JWT secret, else the runbook's `JWT_SECRET` environment variable.
+    pub fn jwt_secret(&self) -> Option<String> {
+        let configured = self.jwt_secret.expose_secret().trim();
+        if !configured.is_empty() {
+            return Some(configured.to_string());
+        }
+        std::env::var("JWT_SECRET")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
     }
 }
 
@@ -283,6 +335,7 @@ impl Settings {
             return invalid("response.default_top_k must be in 1..=response.max_top_k");
         }
         self.database.kind(&self.storage.data_dir)?;
+        crate::security::validate_settings(&self.security).map_err(ConfigError::Invalid)?;
         for server in self.servers() {
             server.1.addr()?;
         }
@@ -293,7 +346,7 @@ impl Settings {
     pub fn servers(&self) -> [(&'static str, ServerSettings); 6] {
         [
             ("api", self.api.server()),
-            ("security", self.security.clone()),
+            ("security", self.security.server()),
             (
                 "query",
                 ServerSettings {

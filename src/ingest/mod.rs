@@ -121,11 +121,20 @@ impl From<StorageError> for JobFailure {
 const MAX_TITLE: usize = 512;
 const MAX_NAME: usize = 128;
 
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
+/// A collection name: 1-128 letters, digits, '-', '_' or '.'. Shared with grants, which name
+/// collections before they exist.
+pub fn validate_collection(s: &str) -> Result<(), String> {
+    let valid = !s.is_empty()
         && s.len() <= MAX_NAME
         && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "collection must be 1-{MAX_NAME} characters of letters, digits, '-', '_' or '.'"
+        ))
+    }
 }
 
 impl IngestService {
@@ -391,11 +400,7 @@ impl IngestService {
         let collection = upload
             .collection
             .unwrap_or_else(|| DEFAULT_COLLECTION.to_string());
-        if !valid_name(&collection) {
-            return Err(IngestError::Invalid(format!(
-                "collection must be 1-{MAX_NAME} characters of letters, digits, '-', '_' or '.'"
-            )));
-        }
+        validate_collection(&collection).map_err(IngestError::Invalid)?;
         if let Some(ext) = &upload.external_id
             && (ext.is_empty() || ext.len() > 1024)
         {

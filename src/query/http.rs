@@ -13,7 +13,7 @@ pub async fn search(
     state: web::Data<AppState>,
     body: web::Json<SearchRequest>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(crate::api::run_search(&state, body.into_inner()).await?))
+    Ok(HttpResponse::Ok().json(crate::api::run_search(&state, body.into_inner(), None).await?))
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -40,6 +40,21 @@ pub struct SearchParams {
     pub mode: SearchMode,
     pub collection: Option<String>,
     pub filter: Option<Map<String, Value>>,
+    /// The collections the caller may read; `None` for all. Part of the cache key, so callers with
+    /// different access never share a cached result.
+    #[serde(default)]
+    pub scope: Option<Vec<String>>,
+}
+
+impl SearchParams {
+    /// True when the caller can read nothing this search asks for: no index lookup needed.
+    fn out_of_scope(&self) -> bool {
+        match (&self.scope, &self.collection) {
+            (Some(scope), _) if scope.is_empty() => true,
+            (Some(scope), Some(c)) => !scope.contains(c),
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,6 +111,9 @@ impl QueryService {
     }
 
     async fn retrieve(&self, p: &SearchParams) -> Result<Vec<SearchHit>, QueryError> {
+        if p.out_of_scope() {
+            return Ok(Vec::new());
+        }
         let dense = match p.mode {
             SearchMode::Keyword => None,
             _ => self
@@ -121,6 +139,7 @@ impl QueryService {
                 rrf_k: self.settings.rrf_k,
                 weights: fusion_weights(&self.settings),
                 collection: p.collection.clone(),
+                collections: p.scope.clone(),
                 filter: p.filter.clone(),
             })
             .await
@@ -199,6 +218,7 @@ pub fn validate_params(
         mode: mode.unwrap_or_default(),
         collection,
         filter,
+        scope: None,
     })
 }
 

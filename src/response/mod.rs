@@ -39,6 +39,9 @@ pub struct AnswerParams {
     pub top_k: Option<usize>,
     pub collection: Option<String>,
     pub filter: Option<Map<String, Value>>,
+    /// The collections the caller may read (`None`: all); answers cite nothing outside them.
+    #[serde(default)]
+    pub scope: Option<Vec<String>>,
 }
 
 #[async_trait]
@@ -77,7 +80,7 @@ impl Responder for ResponseService {
         let started = Instant::now();
         let mut settings = self.query_settings.clone();
         settings.max_top_k = self.settings.max_top_k;
-        let params = validate_params(
+        let mut params = validate_params(
             &settings,
             p.query,
             p.top_k,
@@ -86,6 +89,7 @@ impl Responder for ResponseService {
             p.collection,
             p.filter,
         )?;
+        params.scope = p.scope;
         let query = params.query.clone();
         let outcome = self.searcher.search(params).await?;
         let bm25 = Arc::clone(&self.bm25);

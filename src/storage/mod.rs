@@ -6,11 +6,13 @@
 //! - [`DocumentStore`]: original uploads and chunk text (the SQL store now; MongoDB later).
 //! - [`vector::VectorIndex`]: dense + BM25 vectors per chunk (in-process Qdrant now).
 //! - [`cache::Cache`]: query results, invalidated per collection when content changes.
+//! - [`security::SecurityStore`]: users, keys, grants, blocks and the audit log (the SQL store).
 //!
 //! The storage module also serves its own port with `/v1/stats`.
 
 pub mod cache;
 pub mod http;
+pub mod security;
 pub mod sql;
 pub mod vector;
 
@@ -233,9 +235,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// The SQL backend also stores the original bytes in that transaction.
     async fn submit_document(&self, doc: NewDocument) -> Result<Submitted, StorageError>;
     async fn get_document(&self, id: Uuid) -> Result<Option<Document>, StorageError>;
+    /// Newest first; in `collection` when given, and only in `within` collections when given.
     async fn list_documents(
         &self,
         collection: Option<String>,
+        within: Option<Vec<String>>,
         limit: i64,
         offset: i64,
     ) -> Result<Vec<Document>, StorageError>;
@@ -295,6 +299,7 @@ pub trait DocumentStore: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct Storage {
     pub metadata: Arc<dyn MetadataStore>,
+    pub security: Arc<dyn security::SecurityStore>,
     pub documents: Arc<dyn DocumentStore>,
     pub vectors: Arc<dyn VectorIndex>,
     pub cache: Arc<dyn Cache>,

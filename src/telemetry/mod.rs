@@ -64,6 +64,19 @@ pub fn init_logging(settings: &LogSettings) {
     });
 }
 
+/// Logging for CLI commands that run service code in-process (`doc-rag admin --local`): warnings
+/// and errors to stderr, so stdout carries only the command's output.
+pub fn init_cli_logging() {
+    let _ = tracing_subscriber::registry()
+        .with(EnvFilter::new("warn,qdrant_edge=error"))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_writer(std::io::stderr),
+        )
+        .try_init();
+}
+
 /// The process-wide Prometheus recorder.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -131,7 +144,14 @@ pub async fn request_middleware(
     req.extensions_mut().insert(RequestId(request_id.clone()));
     let method = req.method().to_string();
     let path = req.path().to_string();
-    let span = tracing::info_span!("request", module = module.0, request_id = %request_id);
+    // The security guard fills in who called and from where; tokens are never logged.
+    let span = tracing::info_span!(
+        "request",
+        module = module.0,
+        request_id = %request_id,
+        client_ip = tracing::field::Empty,
+        user = tracing::field::Empty
+    );
     let started = Instant::now();
     let result = next.call(req).instrument(span.clone()).await;
     let elapsed = started.elapsed();

@@ -69,9 +69,44 @@ pub enum Backend {
     Postgres,
 }
 
+/// The bootstrap admin every test app is created with.
+pub const ADMIN_EMAIL: &str = "admin@test.local";
+pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
+
+/// A client that sends `token` as `Authorization: Bearer` on every request.
+pub fn authed_client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap()
+}
+
+/// Logs in at `api_base` (http://host:port) and returns the token pair as JSON.
+pub async fn login(api_base: &str, email: &str, password: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{api_base}/v1/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
 pub struct TestApp {
     pub ports: BTreeMap<String, u16>,
+    /// Authenticated as the bootstrap admin (an admin API key).
     pub client: reqwest::Client,
+    /// No credentials at all.
+    pub anon: reqwest::Client,
+    /// The admin's API key, sent by `client`.
+    pub admin_key: String,
     pub dir: tempfile::TempDir,
     pub db: Option<TestDatabase>,
     pub settings: Settings,
@@ -89,8 +124,12 @@ impl TestApp {
             Backend::Sqlite => None,
             Backend::Postgres => Some(TestDatabase::create()),
         };
-        let mut pairs: Vec<(String, String)> =
-            vec![("ingest.poll_interval_ms".into(), "200".into())];
+        let mut pairs: Vec<(String, String)> = vec![
+            ("ingest.poll_interval_ms".into(), "200".into()),
+            ("security.admin_email".into(), ADMIN_EMAIL.into()),
+            ("security.admin_password".into(), ADMIN_PASSWORD.into()),
+            ("security.sync_interval_ms".into(), "200".into()),
+        ];
         // Request logs of thousands of uploads would drown the test output; DOCRAG_TEST_LOG=info shows them.
         pairs.push((
             "log.level".into(),
@@ -107,19 +146,36 @@ impl TestApp {
         let app = doc_rag::Application::build(settings.clone())
             .await
             .expect("application builds");
-        let ports = app
+        let ports: BTreeMap<String, u16> = app
             .ports()
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
             .collect();
         let task = tokio::spawn(app.run_until_stopped());
-        let client = reqwest::Client::builder()
+        let anon = reqwest::Client::builder()
             .timeout(Duration::from_secs(300))
             .build()
             .unwrap();
+        let api_base = format!("http://127.0.0.1:{}", ports["api"]);
+        let (status, tokens) = login(&api_base, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+        assert_eq!(status, 200, "the bootstrap admin logs in: {tokens}");
+        let jwt = tokens["access_token"].as_str().unwrap().to_string();
+        let r = authed_client(&jwt)
+            .post(format!("{api_base}/v1/api-keys"))
+            .json(&json!({"name": "test harness", "role": "admin"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+        let admin_key = r.json::<Value>().await.unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_string();
         TestApp {
             ports,
-            client,
+            client: authed_client(&admin_key),
+            anon,
+            admin_key,
             dir,
             db,
             settings,
@@ -208,4 +264,101 @@ impl Drop for TestApp {
 pub fn runbook() -> String {
     std::fs::read_to_string(shared_dir().join("seed/runbook.md"))
         .expect("../shared/seed/runbook.md")
+}
+
+/// `doc-rag serve` as a child process on port 0 everywhere (JSON logs), with every stdout line
+/// kept for inspection.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub ports: std::collections::HashMap<String, u16>,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ServerProcess {
+    /// `sets`: extra `--set key=value`; `envs`: extra environment variables.
+    pub fn start(data_dir: &std::path::Path, sets: &[&str], envs: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_doc-rag"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--log-format", "json"])
+            .args(["--set", "api.bind=127.0.0.1"])
+            .args(["--set", &format!("security.admin_email={ADMIN_EMAIL}")])
+            .args([
+                "--set",
+                &format!("security.admin_password={ADMIN_PASSWORD}"),
+            ])
+            .args([
+                "--set",
+                &format!("embedder.model_dir={}", model_dir().display()),
+            ]);
+        for m in [
+            "api", "security", "query", "response", "embedder", "storage",
+        ] {
+            cmd.args(["--set", &format!("{m}.port=0")]);
+        }
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        cmd.env_remove("JWT_SECRET");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && v["message"] == "listening"
+                {
+                    let _ = tx.send((
+                        v["module"].as_str().unwrap_or("").to_string(),
+                        v["port"].as_u64().unwrap_or(0) as u16,
+                    ));
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let mut ports = std::collections::HashMap::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while ports.len() < 6 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let (m, p) = rx.recv_timeout(left).expect("server reports its six ports");
+            ports.insert(m, p);
+        }
+        ServerProcess { child, ports, log }
+    }
+
+    pub fn url(&self, module: &str) -> String {
+        format!("http://127.0.0.1:{}", self.ports[module])
+    }
+
+    /// A client logged in as the bootstrap admin.
+    pub async fn admin_client(&self) -> reqwest::Client {
+        let (status, tokens) = login(&self.url("api"), ADMIN_EMAIL, ADMIN_PASSWORD).await;
+        assert_eq!(status, 200, "{tokens}");
+        authed_client(tokens["access_token"].as_str().unwrap())
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

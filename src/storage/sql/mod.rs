@@ -342,6 +342,18 @@ impl SqlStore {
         }
     }
 
+    /// Runs one SQL statement as is (operators' maintenance and tests; never with user input).
+    pub async fn raw_execute(&self, sql: &str) -> Result<(), StorageError> {
+        let sql = sql.to_string();
+        self.blocking(move |pool| {
+            with_conn!(pool, c => {
+                c.batch_execute(&sql)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
     async fn blocking<T, F>(&self, f: F) -> Result<T, StorageError>
     where
         T: Send + 'static,
@@ -494,6 +506,7 @@ impl MetadataStore for SqlStore {
     async fn list_documents(
         &self,
         collection: Option<String>,
+        within: Option<Vec<String>>,
         limit: i64,
         offset: i64,
     ) -> Result<Vec<Document>, StorageError> {
@@ -502,6 +515,9 @@ impl MetadataStore for SqlStore {
                 let mut query = documents::table.select(DocumentRow::as_select()).into_boxed();
                 if let Some(collection) = collection {
                     query = query.filter(documents::collection.eq(collection));
+                }
+                if let Some(within) = within.clone() {
+                    query = query.filter(documents::collection.eq_any(within));
                 }
                 query
                     .order((documents::created_at.desc(), documents::id))
@@ -864,3 +880,6 @@ impl DocumentStore for SqlStore {
         MetadataStore::backend(self)
     }
 }
+
+// After `with_conn!`, which it uses.
+mod security;

@@ -1,4 +1,5 @@
 //! Diesel table definitions; identical for SQLite and PostgreSQL (see `migrations/`).
+//! `audit_log.id` is an SQLite `INTEGER PRIMARY KEY` (a 64-bit rowid) and a PostgreSQL `BIGSERIAL`.
 
 diesel::table! {
     collections (name) {
@@ -59,14 +60,116 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    users (id) {
+        id -> Text,
+        email -> Text,
+        password_hash -> Text,
+        role -> Text,
+        disabled -> Bool,
+        sessions_valid_after -> BigInt,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    api_keys (id) {
+        id -> Text,
+        name -> Text,
+        secret_hash -> Text,
+        role -> Text,
+        collection -> Nullable<Text>,
+        owner_id -> Nullable<Text>,
+        expires_at -> Nullable<BigInt>,
+        revoked_at -> Nullable<BigInt>,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    refresh_tokens (id) {
+        id -> Text,
+        family -> Text,
+        user_id -> Text,
+        token_hash -> Text,
+        expires_at -> BigInt,
+        used_at -> Nullable<BigInt>,
+        revoked_at -> Nullable<BigInt>,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    signing_keys (kid) {
+        kid -> Text,
+        secret -> Text,
+        created_at -> BigInt,
+        retire_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    grants (collection, principal) {
+        collection -> Text,
+        principal -> Text,
+        access -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    ip_blocks (id) {
+        id -> Text,
+        cidr -> Text,
+        reason -> Text,
+        expires_at -> Nullable<BigInt>,
+        created_by -> Nullable<Text>,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    security_state (id) {
+        id -> Integer,
+        generation -> BigInt,
+        sessions_valid_after -> BigInt,
+        rate_limits -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    audit_log (id) {
+        id -> BigInt,
+        at -> BigInt,
+        event -> Text,
+        actor -> Nullable<Text>,
+        ip -> Nullable<Text>,
+        user_agent -> Nullable<Text>,
+        target -> Nullable<Text>,
+        outcome -> Text,
+        request_id -> Nullable<Text>,
+        detail -> Nullable<Text>,
+    }
+}
+
 diesel::joinable!(documents -> collections (collection));
 diesel::joinable!(document_contents -> documents (document_id));
 diesel::joinable!(chunks -> documents (document_id));
 diesel::joinable!(jobs -> documents (document_id));
+diesel::joinable!(refresh_tokens -> users (user_id));
 diesel::allow_tables_to_appear_in_same_query!(
     collections,
     documents,
     document_contents,
     chunks,
-    jobs
+    jobs,
+    users,
+    api_keys,
+    refresh_tokens,
+    signing_keys,
+    grants,
+    ip_blocks,
+    security_state,
+    audit_log
 );

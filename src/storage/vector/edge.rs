@@ -175,7 +175,11 @@ impl VectorIndex for EdgeVectorIndex {
         if query.limit == 0 {
             return Ok(Vec::new());
         }
-        let filter = build_filter(query.collection.as_deref(), query.filter.as_ref())?;
+        let filter = build_filter(
+            query.collection.as_deref(),
+            query.collections.as_deref(),
+            query.filter.as_ref(),
+        )?;
 
         let dense = match query.mode {
             SearchMode::Keyword => None,
@@ -465,15 +469,23 @@ fn keyword_condition(field: &str, value: String) -> Result<Condition, StorageErr
     )))
 }
 
-/// Builds the engine filter: the collection scope plus one equality condition per metadata key.
-/// Errors are meant for the API caller (it maps them to 400), so they say what to fix.
+/// Builds the engine filter: the collection scope (one, and the caller's readable set) plus one
+/// equality condition per metadata key. Errors are meant for the API caller (it maps them to 400),
+/// so they say what to fix.
 fn build_filter(
     collection: Option<&str>,
+    collections: Option<&[String]>,
     filter: Option<&Map<String, Value>>,
 ) -> Result<Option<Filter>, StorageError> {
     let mut conditions = Vec::new();
     if let Some(collection) = collection {
         conditions.push(keyword_condition("collection", collection.to_string())?);
+    }
+    if let Some(allowed) = collections {
+        conditions.push(Condition::Field(FieldCondition::new_match(
+            json_path("collection")?,
+            Match::from(allowed.to_vec()),
+        )));
     }
     for (key, value) in filter.into_iter().flatten() {
         check_filter_key(key)?;
@@ -630,6 +642,7 @@ mod tests {
             rrf_k: 60,
             weights: None,
             collection: None,
+            collections: None,
             filter: None,
         }
     }
@@ -879,6 +892,16 @@ mod tests {
             .await
             .unwrap();
         assert!(none.is_empty());
+        let within = |allowed: &[&str]| VectorQuery {
+            collections: Some(allowed.iter().map(|c| c.to_string()).collect()),
+            ..dense_query(x)
+        };
+        let only_b = index.search(within(&["b"])).await.unwrap();
+        assert_eq!(docs_of(&only_b), vec![fr.id]);
+        let a_and_b = index.search(within(&["a", "b"])).await.unwrap();
+        assert_eq!(docs_of(&a_and_b), sorted(vec![en.id, de.id, fr.id]));
+        let neither = index.search(within(&["zzz"])).await.unwrap();
+        assert!(neither.is_empty());
 
         let cases = [
             (json!({"lang": "de"}), vec![de.id]),

@@ -69,6 +69,8 @@ pub struct VectorQuery {
     pub weights: Option<[f32; 2]>,
     /// Restrict to one collection.
     pub collection: Option<String>,
+    /// Restrict to any of these collections (the caller's readable ones); `None` for all.
+    pub collections: Option<Vec<String>>,
     /// Equality conditions on metadata fields, all of which must hold. Values are JSON strings,
     /// numbers or booleans; an array value means "any of".
     pub filter: Option<Map<String, Value>>,
