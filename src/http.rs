@@ -8,10 +8,13 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-use actix_web::dev::{Server, ServerHandle};
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::http::StatusCode;
+use actix_web::middleware::Next;
 use actix_web::middleware::from_fn;
 use actix_web::{HttpRequest, HttpResponse, HttpServer, ResponseError, web};
 use serde::Serialize;
@@ -21,6 +24,7 @@ use crate::AppState;
 use crate::api::model::ErrorBody;
 use crate::embedder::EmbedError;
 use crate::ingest::IngestError;
+use crate::limits::LimitError;
 use crate::query::QueryError;
 use crate::response::ResponseError as AnswerError;
 use crate::security::guard::{GuardCtx, guard};
@@ -160,6 +164,7 @@ impl From<IngestError> for ApiError {
             }
             IngestError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             IngestError::JobNotFound(_) => ApiError::not_found("job"),
+            IngestError::Limit(l) => l.into(),
             IngestError::Storage(s) => s.into(),
         }
     }
@@ -171,7 +176,19 @@ impl From<QueryError> for ApiError {
             QueryError::Invalid(m) => ApiError::bad_request(m),
             QueryError::Embed(e) => e.into(),
             QueryError::Storage(s) => s.into(),
+            QueryError::Limit(l) => l.into(),
         }
+    }
+}
+
+impl From<LimitError> for ApiError {
+    fn from(e: LimitError) -> Self {
+        let status = if e.size {
+            StatusCode::PAYLOAD_TOO_LARGE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        ApiError::new(status, "limit_exceeded", e.to_string())
     }
 }
 
@@ -343,6 +360,7 @@ pub fn serve_module(
     let local = listener.local_addr()?;
     let port = local.port();
     let limit = state.settings.api.max_body_bytes;
+    let handler_timeout = Duration::from_secs(state.settings.limits.handler_timeout_secs);
     let guard_ctx = GuardCtx {
         module,
         loopback: local.ip().is_loopback(),
@@ -364,6 +382,9 @@ pub fn serve_module(
             .app_data(web::PayloadConfig::default().limit(limit))
             .app_data(web::PathConfig::default().error_handler(path_error))
             .app_data(web::QueryConfig::default().error_handler(query_error))
+            .wrap(from_fn(move |req, next| {
+                with_timeout(handler_timeout, req, next)
+            }))
             .wrap(from_fn({
                 let ctx = guard_ctx.clone();
                 move |req, next| guard(ctx.clone(), req, next)
@@ -385,6 +406,29 @@ pub fn serve_module(
     .listen(listener)?
     .run();
     Ok((server, port))
+}
+
+/// Ends a request that takes longer than `limits.handler_timeout_secs` with 503 `timeout`; the
+/// handler's future is dropped, which cancels its work. The error is returned rather than
+/// rendered here: holding a second handle to the request would stop actix from routing it.
+async fn with_timeout(
+    limit: Duration,
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
+    match tokio::time::timeout(limit, next.call(req)).await {
+        Ok(res) => res,
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!(
+                "the request took longer than {} s (limits.handler_timeout_secs)",
+                limit.as_secs()
+            ),
+        )
+        .with_retry_after(1)
+        .into()),
+    }
 }
 
 /// Stops every server (used on shutdown, and by tests).

@@ -11,6 +11,7 @@ pub mod config;
 pub mod embedder;
 pub mod http;
 pub mod ingest;
+pub mod limits;
 pub mod query;
 pub mod response;
 pub mod security;
@@ -104,6 +105,8 @@ pub struct Application {
 impl Application {
     /// Builds the whole service: stores, model, modules, workers and the six bound listeners.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        // Installed before anything is counted, so nothing before the first scrape is lost.
+        telemetry::metrics_handle();
         let storage = open_storage(&settings).await?;
         let security = SecurityService::start(settings.security.clone(), storage.security.clone())
             .await
@@ -117,6 +120,7 @@ impl Application {
             embedder.clone(),
             bm25.clone(),
             settings.ingest.clone(),
+            settings.limits.clone(),
         )?);
         ingest.recover().await.context("requeue unfinished jobs")?;
         let search: Arc<dyn Searcher> = Arc::new(QueryService::new(
@@ -124,6 +128,7 @@ impl Application {
             embedder.clone(),
             bm25.clone(),
             settings.query.clone(),
+            settings.limits.clone(),
         ));
         let response = Arc::new(ResponseService::new(
             search.clone(),

@@ -23,11 +23,13 @@ use uuid::Uuid;
 
 use self::model::*;
 use crate::AppState;
+use crate::config::LimitsSettings;
 use crate::http::{
     ApiError, ApiResult, Check, check_database, check_embedder, check_vectors, deserialize_error,
 };
 use crate::ingest::DEFAULT_COLLECTION;
 use crate::ingest::Upload;
+use crate::limits::{check_bytes, check_count};
 use crate::query::SearchParams;
 use crate::response::AnswerParams;
 use crate::security::Caller;
@@ -138,9 +140,32 @@ fn request_id(req: &HttpRequest) -> Option<String> {
 }
 
 /// Reads the whole body, refusing more than `limit` bytes.
-async fn read_body(mut payload: web::Payload, limit: usize) -> ApiResult<web::BytesMut> {
+/// The next part of a request body, which must arrive within `limits.body_read_timeout_secs`.
+async fn next_part<S: futures::Stream + Unpin>(
+    stream: &mut S,
+    wait: Duration,
+) -> ApiResult<Option<S::Item>> {
+    tokio::time::timeout(wait, stream.next())
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body stopped arriving for {} s (limits.body_read_timeout_secs)",
+                    wait.as_secs()
+                ),
+            )
+        })
+}
+
+async fn read_body(
+    mut payload: web::Payload,
+    limit: usize,
+    wait: Duration,
+) -> ApiResult<web::BytesMut> {
     let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
+    while let Some(chunk) = next_part(&mut payload, wait).await? {
         let chunk = chunk
             .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
         if body.len() + chunk.len() > limit {
@@ -200,8 +225,10 @@ async fn upload_from_multipart(
     req: &HttpRequest,
     payload: web::Payload,
     limit: usize,
+    limits: &LimitsSettings,
     request_id: Option<String>,
 ) -> ApiResult<Upload> {
+    let wait = Duration::from_secs(limits.body_read_timeout_secs);
     let mut form = Multipart::new(req.headers(), payload);
     let mut upload = Upload {
         title: None,
@@ -215,9 +242,17 @@ async fn upload_from_multipart(
     };
     let mut have_file = false;
     let mut total = 0usize;
-    while let Some(field) = form.next().await {
+    let mut fields = 0usize;
+    while let Some(field) = next_part(&mut form, wait).await? {
         let mut field =
             field.map_err(|e| ApiError::bad_request(format!("malformed multipart body: {e}")))?;
+        fields += 1;
+        check_count(
+            "form fields",
+            "multipart_max_fields",
+            limits.multipart_max_fields,
+            fields,
+        )?;
         let name = field.name().unwrap_or_default().to_string();
         let file_name = field
             .content_disposition()
@@ -225,7 +260,7 @@ async fn upload_from_multipart(
             .map(str::to_string);
         let mime = field.content_type().map(|m| m.essence_str().to_string());
         let mut data = Vec::new();
-        while let Some(chunk) = field.next().await {
+        while let Some(chunk) = next_part(&mut field, wait).await? {
             let chunk = chunk
                 .map_err(|e| ApiError::bad_request(format!("malformed multipart body: {e}")))?;
             total += chunk.len();
@@ -233,6 +268,14 @@ async fn upload_from_multipart(
                 return Err(ApiError::too_large(limit));
             }
             data.extend_from_slice(&chunk);
+            if name != "file" {
+                check_bytes(
+                    &format!("form field {name:?}"),
+                    "multipart_field_max_bytes",
+                    limits.multipart_field_max_bytes,
+                    data.len(),
+                )?;
+            }
         }
         let text = || {
             String::from_utf8(data.clone())
@@ -296,12 +339,13 @@ pub async fn create_document(
         .to_ascii_lowercase();
     let rid = request_id(&req);
     let upload = if content_type.starts_with("application/json") {
-        let body = read_body(payload, limit).await?;
+        let wait = Duration::from_secs(state.settings.limits.body_read_timeout_secs);
+        let body = read_body(payload, limit, wait).await?;
         let doc: CreateDocument =
             serde_json::from_slice(&body).map_err(|e| deserialize_error(&e))?;
         upload_from_json(doc, rid)?
     } else if content_type.starts_with("multipart/form-data") {
-        upload_from_multipart(&req, payload, limit, rid).await?
+        upload_from_multipart(&req, payload, limit, &state.settings.limits, rid).await?
     } else {
         return Err(ApiError::unsupported_media(
             "send application/json or multipart/form-data (a file field)",

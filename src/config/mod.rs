@@ -32,7 +32,28 @@ pub struct Settings {
     pub embedder: EmbedderSettings,
     pub ingest: IngestSettings,
     pub cache: CacheSettings,
+    pub limits: LimitsSettings,
     pub log: LogSettings,
+}
+
+/// Limits on what callers send (see `[limits]` in config/default.toml).
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitsSettings {
+    pub metadata_max_bytes: usize,
+    pub metadata_max_keys: usize,
+    pub metadata_max_depth: usize,
+    pub title_max_bytes: usize,
+    pub external_id_max_bytes: usize,
+    pub filter_max_conditions: usize,
+    pub filter_max_values: usize,
+    pub filter_max_depth: usize,
+    pub query_max_bytes: usize,
+    pub multipart_max_fields: usize,
+    pub multipart_field_max_bytes: usize,
+    pub extracted_text_max_bytes: usize,
+    pub chunks_per_document_max: usize,
+    pub body_read_timeout_secs: u64,
+    pub handler_timeout_secs: u64,
 }
 
 /// Where one module's HTTP server listens. Port 0 picks a free port (tests).
@@ -333,6 +354,14 @@ impl Settings {
         if self.response.default_top_k == 0 || self.response.default_top_k > self.response.max_top_k
         {
             return invalid("response.default_top_k must be in 1..=response.max_top_k");
+        }
+        if self.limits.handler_timeout_secs <= self.api.wait_timeout_secs {
+            return invalid(
+                "limits.handler_timeout_secs must be longer than api.wait_timeout_secs",
+            );
+        }
+        if self.limits.body_read_timeout_secs == 0 {
+            return invalid("limits.body_read_timeout_secs must be at least 1");
         }
         self.database.kind(&self.storage.data_dir)?;
         crate::security::validate_settings(&self.security).map_err(ConfigError::Invalid)?;

@@ -56,6 +56,8 @@ pub trait Embedder: Send + Sync + 'static {
         priority: Priority,
     ) -> Result<Vec<Vec<f32>>, EmbedError>;
     fn dimension(&self) -> usize;
+    /// The most texts one `embed` call takes.
+    fn max_texts(&self) -> usize;
     /// The model's tokenizer, shared with the chunker so chunk sizes are in model tokens.
     fn tokenizer(&self) -> tokenizers::Tokenizer;
     /// Embeds a probe text; `Err` says why the model cannot serve.
@@ -184,6 +186,10 @@ fn init_runtime(lib: &Path) -> Result<ort::environment::Environment, EmbedError>
 
 #[async_trait]
 impl Embedder for FastEmbedder {
+    fn max_texts(&self) -> usize {
+        self.max_texts
+    }
+
     async fn embed(
         &self,
         texts: Vec<String>,

@@ -22,8 +22,9 @@ use uuid::Uuid;
 
 use self::chunk::Chunker;
 use self::parse::{ContentKind, ParseError};
-use crate::config::IngestSettings;
-use crate::embedder::{Bm25Encoder, Embedder, Priority};
+use crate::config::{IngestSettings, LimitsSettings};
+use crate::embedder::{Bm25Encoder, EmbedError, Embedder, Priority};
+use crate::limits::{LimitError, check_bytes, check_count, check_metadata, validate_collection};
 use crate::storage::vector::{ChunkPayload, IndexPoint};
 use crate::storage::{
     ClaimedJob, Document, Job, JobStatus, NewDocument, Storage, StorageError, StoredChunk,
@@ -44,6 +45,8 @@ pub enum IngestError {
     Conflict(String),
     #[error("no job {0}")]
     JobNotFound(Uuid),
+    #[error(transparent)]
+    Limit(#[from] LimitError),
     #[error(transparent)]
     Storage(StorageError),
 }
@@ -86,6 +89,7 @@ pub struct IngestService {
     bm25: Arc<Bm25Encoder>,
     chunker: Arc<Chunker>,
     settings: IngestSettings,
+    limits: LimitsSettings,
     wake: Notify,
     done: broadcast::Sender<Uuid>,
     worker_id: String,
@@ -118,31 +122,13 @@ impl From<StorageError> for JobFailure {
     }
 }
 
-const MAX_TITLE: usize = 512;
-const MAX_NAME: usize = 128;
-
-/// A collection name: 1-128 letters, digits, '-', '_' or '.'. Shared with grants, which name
-/// collections before they exist.
-pub fn validate_collection(s: &str) -> Result<(), String> {
-    let valid = !s.is_empty()
-        && s.len() <= MAX_NAME
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
-            "collection must be 1-{MAX_NAME} characters of letters, digits, '-', '_' or '.'"
-        ))
-    }
-}
-
 impl IngestService {
     pub fn new(
         storage: Storage,
         embedder: Arc<dyn Embedder>,
         bm25: Arc<Bm25Encoder>,
         settings: IngestSettings,
+        limits: LimitsSettings,
     ) -> anyhow::Result<Self> {
         let chunker = Chunker::new(
             embedder.tokenizer(),
@@ -156,6 +142,7 @@ impl IngestService {
             bm25,
             chunker: Arc::new(chunker),
             settings,
+            limits,
             wake: Notify::new(),
             done,
             worker_id: format!("{}-{}", hostname(), Uuid::new_v4().simple()),
@@ -204,6 +191,9 @@ impl IngestService {
                 .claim_job(&self.worker_id, lease)
                 .await
             {
+                Ok(Some(job)) if job.attempts > self.settings.max_attempts => {
+                    self.give_up(job).await;
+                }
                 Ok(Some(job)) => {
                     let span = tracing::info_span!(
                         "job",
@@ -236,6 +226,31 @@ impl IngestService {
                 }
             }
         }
+    }
+
+    /// A job claimed more often than `max_attempts` lost every earlier worker (crash, kill,
+    /// lease lost) before it could record a failure: a poison job. Fail it instead of looping.
+    async fn give_up(&self, job: ClaimedJob) {
+        let message = format!(
+            "gave up after {} attempts: each attempt ended without finishing (the worker died or \
+             lost its lease)",
+            job.attempts - 1
+        );
+        match self
+            .storage
+            .metadata
+            .fail_job(&job, &message, false, self.settings.max_attempts)
+            .await
+        {
+            Ok(_) => {
+                metrics::counter!("ingest_documents_total", "status" => "failed").increment(1);
+                tracing::warn!(module = "ingest", job_id = %job.job_id, document_id = %job.document_id, "{message}");
+            }
+            Err(e) => {
+                tracing::error!(module = "ingest", error = %e, "cannot record the job failure")
+            }
+        }
+        let _ = self.done.send(job.job_id);
     }
 
     async fn run_job(&self, job: ClaimedJob) {
@@ -317,13 +332,29 @@ impl IngestService {
             JobFailure::permanent(format!("unsupported content type {}", doc.content_type))
         })?;
         let chunker = Arc::clone(&self.chunker);
+        let max_text = self.limits.extracted_text_max_bytes;
         let chunks = tokio::task::spawn_blocking(move || {
-            let parsed = parse::parse(kind, &bytes)?;
-            Ok::<_, ParseError>(chunker.chunk(&parsed.text, parsed.markdown))
+            let parsed = parse::parse(kind, &bytes)
+                .map_err(|e| format!("cannot parse the document: {e}"))?;
+            check_bytes(
+                "the extracted text",
+                "extracted_text_max_bytes",
+                max_text,
+                parsed.text.len(),
+            )
+            .map_err(|e| e.to_string())?;
+            Ok::<_, String>(chunker.chunk(&parsed.text, parsed.markdown))
         })
         .await
         .map_err(|e| JobFailure::transient(e.to_string()))?
-        .map_err(|e| JobFailure::permanent(format!("cannot parse the document: {e}")))?;
+        .map_err(JobFailure::permanent)?;
+        check_count(
+            "the document's chunks",
+            "chunks_per_document_max",
+            self.limits.chunks_per_document_max,
+            chunks.len(),
+        )
+        .map_err(|e| JobFailure::permanent(e.to_string()))?;
         if chunks.is_empty() {
             return Err(JobFailure::permanent("the document has no text"));
         }
@@ -334,11 +365,19 @@ impl IngestService {
             .iter()
             .map(|c| format!("{}\n{}", doc.title, c.text))
             .collect();
-        let dense = self
-            .embedder
-            .embed(indexed_texts.clone(), Priority::Ingest)
-            .await
-            .map_err(|e| JobFailure::transient(e.to_string()))?;
+        // In requests no larger than the embedder takes, so a long document indexes, slowly.
+        let mut dense = Vec::with_capacity(indexed_texts.len());
+        for batch in indexed_texts.chunks(self.embedder.max_texts().max(1)) {
+            let vectors = self
+                .embedder
+                .embed(batch.to_vec(), Priority::Ingest)
+                .await
+                .map_err(|e| match e {
+                    EmbedError::TooMany(..) => JobFailure::permanent(e.to_string()),
+                    other => JobFailure::transient(other.to_string()),
+                })?;
+            dense.extend(vectors);
+        }
         let bm25 = Arc::clone(&self.bm25);
         let sparse = tokio::task::spawn_blocking(move || {
             indexed_texts
@@ -401,12 +440,19 @@ impl IngestService {
             .collection
             .unwrap_or_else(|| DEFAULT_COLLECTION.to_string());
         validate_collection(&collection).map_err(IngestError::Invalid)?;
-        if let Some(ext) = &upload.external_id
-            && (ext.is_empty() || ext.len() > 1024)
-        {
-            return Err(IngestError::Invalid(
-                "external_id must be 1-1024 characters".into(),
-            ));
+        if let Some(ext) = &upload.external_id {
+            if ext.is_empty() {
+                return Err(IngestError::Invalid("external_id must not be empty".into()));
+            }
+            check_bytes(
+                "external_id",
+                "external_id_max_bytes",
+                self.limits.external_id_max_bytes,
+                ext.len(),
+            )?;
+        }
+        if let Some(metadata) = &upload.metadata {
+            check_metadata(metadata, &self.limits)?;
         }
         let kind = match (&upload.content_type, &upload.file_name) {
             (Some(ct), _) if !ct.trim().is_empty() && !ct.starts_with("application/octet-stream") => {
@@ -423,6 +469,15 @@ impl IngestService {
             })?,
             _ => ContentKind::Text,
         };
+        if matches!(kind, ContentKind::Text | ContentKind::Markdown) {
+            // For text, the upload is the extracted text: refuse it now rather than in the job.
+            check_bytes(
+                "the extracted text",
+                "extracted_text_max_bytes",
+                self.limits.extracted_text_max_bytes,
+                upload.content.len(),
+            )?;
+        }
         parse::precheck(kind, &upload.content).map_err(|e| match e {
             ParseError::Empty => IngestError::Invalid("the document is empty".into()),
             ParseError::NotUtf8 => IngestError::Invalid("text documents must be UTF-8".into()),
@@ -433,11 +488,12 @@ impl IngestService {
             .filter(|t| !t.trim().is_empty())
             .or(upload.file_name)
             .ok_or_else(|| IngestError::Invalid("title is required".into()))?;
-        if title.len() > MAX_TITLE {
-            return Err(IngestError::Invalid(format!(
-                "title is longer than {MAX_TITLE} bytes"
-            )));
-        }
+        check_bytes(
+            "title",
+            "title_max_bytes",
+            self.limits.title_max_bytes,
+            title.len(),
+        )?;
         Ok(NewDocument {
             collection,
             external_id: upload.external_id,

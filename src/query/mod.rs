@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::api::model::SearchHit;
-use crate::config::QuerySettings;
+use crate::config::{LimitsSettings, QuerySettings};
 use crate::embedder::{Bm25Encoder, EmbedError, Embedder, Priority};
+use crate::limits::{LimitError, check_bytes, check_filter, validate_collection};
 use crate::storage::cache::ALL_COLLECTIONS;
 use crate::storage::vector::{SearchMode, VectorQuery};
 use crate::storage::{Storage, StorageError};
@@ -30,6 +31,8 @@ pub enum QueryError {
     Embed(#[from] EmbedError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Limit(#[from] LimitError),
 }
 
 /// A validated search.
@@ -73,6 +76,7 @@ pub struct QueryService {
     embedder: Arc<dyn Embedder>,
     bm25: Arc<Bm25Encoder>,
     settings: QuerySettings,
+    limits: LimitsSettings,
 }
 
 impl QueryService {
@@ -81,13 +85,32 @@ impl QueryService {
         embedder: Arc<dyn Embedder>,
         bm25: Arc<Bm25Encoder>,
         settings: QuerySettings,
+        limits: LimitsSettings,
     ) -> Self {
         Self {
             storage,
             embedder,
             bm25,
             settings,
+            limits,
         }
+    }
+
+    /// What callers control, against `[limits]`; before the cache, so no key is built from it.
+    fn check_limits(&self, p: &SearchParams) -> Result<(), QueryError> {
+        check_bytes(
+            "query",
+            "query_max_bytes",
+            self.limits.query_max_bytes,
+            p.query.len(),
+        )?;
+        if let Some(filter) = &p.filter {
+            check_filter(filter, &self.limits)?;
+        }
+        if let Some(c) = &p.collection {
+            validate_collection(c).map_err(QueryError::Invalid)?;
+        }
+        Ok(())
     }
 
     /// Turns raw request fields into [`SearchParams`], applying defaults and limits.
@@ -225,6 +248,7 @@ pub fn validate_params(
 #[async_trait]
 impl Searcher for QueryService {
     async fn search(&self, p: SearchParams) -> Result<SearchOutcome, QueryError> {
+        self.check_limits(&p)?;
         let started = Instant::now();
         let scope = p
             .collection

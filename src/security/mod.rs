@@ -1352,7 +1352,7 @@ impl SecurityService {
         principal: &str,
         access: Permission,
     ) -> SecurityResult<()> {
-        crate::ingest::validate_collection(collection).map_err(SecurityError::Invalid)?;
+        crate::limits::validate_collection(collection).map_err(SecurityError::Invalid)?;
         self.check_principal(principal).await?;
         self.store
             .set_grant(GrantRecord {
