@@ -158,3 +158,31 @@ async fn sigterm_stops_every_server_and_exits_cleanly() {
         .await;
     assert!(refused.is_err(), "the API port is closed");
 }
+
+/// Several services starting at once on fresh data dirs (each creating its database, migrating,
+/// opening its pool) log no error: a clean start is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_starts_log_no_errors() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let handles: Vec<_> = dirs
+        .iter()
+        .map(|d| {
+            let path = d.path().to_path_buf();
+            std::thread::spawn(move || ServerProcess::start(&path, &[], &[]))
+        })
+        .collect();
+    let mut servers: Vec<ServerProcess> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    // Past start-up: the pools have opened their connections.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for server in &mut servers {
+        let client = server.admin_client().await;
+        assert_eq!(stats(&client, server).await["documents"], 0);
+        server.stop();
+        let log = server.log.lock().unwrap().clone();
+        let errors: Vec<&String> = log
+            .iter()
+            .filter(|l| l.contains("\"level\":\"ERROR\""))
+            .collect();
+        assert!(errors.is_empty(), "errors on a clean start: {errors:?}");
+    }
+}

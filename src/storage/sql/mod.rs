@@ -108,11 +108,10 @@ struct SqlitePragmas {
 
 impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
-        // WAL lets readers run beside the writer; synchronous=NORMAL in WAL mode survives a
-        // process crash (only a power loss can drop the last commits, and never corrupts).
+        // synchronous=NORMAL in WAL mode survives a process crash (only a power loss can drop
+        // the last commits, and never corrupts). WAL itself is set once, in `connect`.
         conn.batch_execute(&format!(
-            "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-             PRAGMA foreign_keys = ON;",
+            "PRAGMA busy_timeout = {}; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
             self.busy_timeout_ms
         ))
         .map_err(diesel::r2d2::Error::QueryError)
@@ -286,6 +285,16 @@ impl SqlStore {
                             StorageError::Database(format!("create {}: {e}", parent.display()))
                         })?;
                     }
+                    // WAL (readers beside the writer) is a property of the file: switch it once,
+                    // before the pool opens its connections in parallel. Switching on every new
+                    // connection raced the migrations and logged "database is locked".
+                    let mut first = SqliteConnection::establish(&path.display().to_string())
+                        .map_err(|e| StorageError::Database(e.to_string()))?;
+                    first.batch_execute(&format!(
+                        "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL;",
+                        settings.busy_timeout_ms
+                    ))?;
+                    drop(first);
                     let manager =
                         ConnectionManager::<SqliteConnection>::new(path.display().to_string());
                     let pool = R2d2Pool::builder()
