@@ -166,13 +166,17 @@ async fn suite(store: Arc<SqlStore>) {
         .unwrap()
         .clone();
     assert_eq!(
-        meta.fail_job(&jb, "transient", true, 2).await.unwrap(),
+        meta.fail_job(&jb, "transient", Some(Duration::ZERO), 2)
+            .await
+            .unwrap(),
         JobStatus::Queued
     );
     let jb = meta.claim_job("w1", lease).await.unwrap().unwrap();
     assert_eq!((jb.job_id, jb.attempts), (b.job_id, 2));
     assert_eq!(
-        meta.fail_job(&jb, "bad pdf", true, 2).await.unwrap(),
+        meta.fail_job(&jb, "bad pdf", Some(Duration::ZERO), 2)
+            .await
+            .unwrap(),
         JobStatus::Failed
     );
     let failed = meta.get_document(b.document_id).await.unwrap().unwrap();
@@ -491,6 +495,35 @@ async fn security_suite(store: Arc<SqlStore>) {
     let deleted = store.raw_execute("DELETE FROM audit_log").await;
     assert!(deleted.is_err(), "DELETE on the audit log is refused");
     assert_eq!(sec.query_audit(q(None, None)).await.unwrap().len(), 3);
+}
+
+/// A retried job is not claimable before its backoff has passed, then is.
+async fn backoff_suite(store: Arc<SqlStore>) {
+    let meta: &dyn MetadataStore = store.as_ref();
+    let lease = Duration::from_secs(60);
+    let submitted = meta.submit_document(doc("R", None)).await.unwrap();
+    let job = meta.claim_job("w", lease).await.unwrap().unwrap();
+    assert_eq!(job.job_id, submitted.job_id);
+    let status = meta
+        .fail_job(&job, "outage", Some(Duration::from_millis(500)), 5)
+        .await
+        .unwrap();
+    assert_eq!(status, JobStatus::Queued);
+    assert!(
+        meta.claim_job("w", lease).await.unwrap().is_none(),
+        "not before its backoff"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let again = meta.claim_job("w", lease).await.unwrap().expect("due now");
+    assert_eq!((again.job_id, again.attempts), (submitted.job_id, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retries_wait_for_their_backoff_on_both_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    backoff_suite(sqlite(dir.path()).await).await;
+    let db = TestDatabase::create();
+    backoff_suite(postgres(&db).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -249,6 +249,8 @@ pub struct IngestSettings {
     pub max_attempts: i32,
     pub lease_secs: u64,
     pub poll_interval_ms: u64,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -122,6 +122,23 @@ impl From<StorageError> for JobFailure {
     }
 }
 
+/// How long a failed job waits before its next attempt: doubling from `retry_base_ms` with each
+/// attempt up to `retry_max_ms`, then a random half of it taken off, so jobs that failed together
+/// (an outage) do not all come back at once.
+pub fn retry_delay(attempt: i32, s: &IngestSettings) -> Duration {
+    let exponent = attempt.clamp(1, 31) as u32 - 1;
+    let full = s
+        .retry_base_ms
+        .saturating_mul(1u64 << exponent.min(30))
+        .min(s.retry_max_ms);
+    let mut bytes = [0u8; 8];
+    let jitter = match getrandom::fill(&mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes) % (full / 2 + 1),
+        Err(_) => 0,
+    };
+    Duration::from_millis(full - jitter)
+}
+
 impl IngestService {
     pub fn new(
         storage: Storage,
@@ -239,7 +256,7 @@ impl IngestService {
         match self
             .storage
             .metadata
-            .fail_job(&job, &message, false, self.settings.max_attempts)
+            .fail_job(&job, &message, None, self.settings.max_attempts)
             .await
         {
             Ok(_) => {
@@ -294,14 +311,15 @@ impl IngestService {
                     .fail_job(
                         &job,
                         &failure.message,
-                        failure.retry,
+                        failure
+                            .retry
+                            .then(|| retry_delay(job.attempts, &self.settings)),
                         self.settings.max_attempts,
                     )
                     .await;
                 match status {
                     Ok(JobStatus::Queued) => {
                         tracing::warn!(error = %failure.message, attempt = job.attempts, "job failed; will retry");
-                        self.wake.notify_one();
                     }
                     Ok(_) => {
                         metrics::counter!("ingest_documents_total", "status" => "failed")
@@ -559,4 +577,36 @@ fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "doc-rag".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    #[test]
+    fn retry_delays_double_up_to_the_cap_with_up_to_half_taken_off() {
+        let s = Settings::defaults_with(&[
+            ("ingest.retry_base_ms".into(), "1000".into()),
+            ("ingest.retry_max_ms".into(), "10000".into()),
+        ])
+        .unwrap()
+        .ingest;
+        for (attempt, full) in [
+            (1, 1000),
+            (2, 2000),
+            (3, 4000),
+            (4, 8000),
+            (5, 10000),
+            (40, 10000),
+        ] {
+            for _ in 0..50 {
+                let d = retry_delay(attempt, &s).as_millis() as u64;
+                assert!((full / 2..=full).contains(&d), "attempt {attempt}: {d} ms");
+            }
+        }
+        let spread: std::collections::HashSet<u128> =
+            (0..50).map(|_| retry_delay(4, &s).as_millis()).collect();
+        assert!(spread.len() > 10, "jittered: {spread:?}");
+    }
 }

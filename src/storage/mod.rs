@@ -262,13 +262,14 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Marks the job done and the document indexed with `chunk_count` chunks, if the document still
     /// exists at `version`. Returns false when the document was deleted or replaced meanwhile.
     async fn complete_job(&self, job: &ClaimedJob, chunk_count: i64) -> Result<bool, StorageError>;
-    /// Records a failure. `retry` puts the job back in the queue (unless attempts are used up);
-    /// otherwise it and its document are marked failed with `error`.
+    /// Records a failure. `retry_in` puts the job back in the queue, claimable after that delay
+    /// (unless attempts are used up); `None`, or no attempts left, marks it and its document
+    /// failed with `error`.
     async fn fail_job(
         &self,
         job: &ClaimedJob,
         error: &str,
-        retry: bool,
+        retry_in: Option<Duration>,
         max_attempts: i32,
     ) -> Result<JobStatus, StorageError>;
     /// Puts jobs left running by a process that is gone back in the queue. Embedded (single process)

@@ -68,7 +68,12 @@ trait Dialect: Connection {
     fn write_txn<T, F>(&mut self, f: F) -> Result<T, StorageError>
     where
         F: FnOnce(&mut Self) -> Result<T, StorageError>;
-    /// Leases the oldest available job. Binds: worker, lease_until, now, now.
+    /// Several reads that must see one state of the database (stats an operator compares).
+    fn snapshot<T, F>(&mut self, f: F) -> Result<T, StorageError>
+    where
+        F: FnOnce(&mut Self) -> Result<T, StorageError>;
+    /// Leases the oldest available job: queued and due, or running with an expired lease.
+    /// Binds: worker, lease_until, now, now, now.
     const CLAIM_SQL: &'static str;
 }
 
@@ -79,9 +84,17 @@ impl Dialect for SqliteConnection {
     {
         self.immediate_transaction(f)
     }
+    fn snapshot<T, F>(&mut self, f: F) -> Result<T, StorageError>
+    where
+        F: FnOnce(&mut Self) -> Result<T, StorageError>,
+    {
+        // In WAL mode a read transaction keeps the snapshot of its first read.
+        self.transaction(f)
+    }
     const CLAIM_SQL: &'static str = "UPDATE jobs SET status = 'running', lease_owner = ?, lease_until = ?, \
          attempts = attempts + 1, updated_at = ? \
-         WHERE id = (SELECT id FROM jobs WHERE status = 'queued' OR (status = 'running' AND lease_until < ?) \
+         WHERE id = (SELECT id FROM jobs WHERE (status = 'queued' AND (not_before IS NULL OR not_before <= ?)) \
+                     OR (status = 'running' AND lease_until < ?) \
                      ORDER BY created_at, id LIMIT 1) \
          RETURNING id, document_id, document_version, attempts, request_id";
 }
@@ -93,10 +106,21 @@ impl Dialect for PgConnection {
     {
         self.transaction(f)
     }
+    fn snapshot<T, F>(&mut self, f: F) -> Result<T, StorageError>
+    where
+        F: FnOnce(&mut Self) -> Result<T, StorageError>,
+    {
+        // READ COMMITTED would give each statement its own snapshot.
+        self.build_transaction()
+            .repeatable_read()
+            .read_only()
+            .run(f)
+    }
     // SKIP LOCKED lets replicas sharing the database claim different jobs without waiting.
     const CLAIM_SQL: &'static str = "UPDATE jobs SET status = 'running', lease_owner = $1, lease_until = $2, \
          attempts = attempts + 1, updated_at = $3 \
-         WHERE id = (SELECT id FROM jobs WHERE status = 'queued' OR (status = 'running' AND lease_until < $4) \
+         WHERE id = (SELECT id FROM jobs WHERE (status = 'queued' AND (not_before IS NULL OR not_before <= $4)) \
+                     OR (status = 'running' AND lease_until < $5) \
                      ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
          RETURNING id, document_id, document_version, attempts, request_id";
 }
@@ -202,6 +226,7 @@ struct JobRow {
     lease_until: Option<i64>,
     created_at: i64,
     updated_at: i64,
+    not_before: Option<i64>,
 }
 
 impl JobRow {
@@ -386,6 +411,7 @@ fn new_job_row(document_id: &str, version: i64, request_id: Option<String>, now:
         lease_until: None,
         created_at: now,
         updated_at: now,
+        not_before: None,
     }
 }
 
@@ -596,6 +622,7 @@ impl MetadataStore for SqlStore {
                     .bind::<BigInt, _>(now + lease.as_millis() as i64)
                     .bind::<BigInt, _>(now)
                     .bind::<BigInt, _>(now)
+                    .bind::<BigInt, _>(now)
                     .load(c)?;
                 let Some(row) = rows.into_iter().next() else { return Ok(None) };
                 diesel::update(
@@ -682,7 +709,7 @@ impl MetadataStore for SqlStore {
         &self,
         job: &ClaimedJob,
         error: &str,
-        retry: bool,
+        retry_in: Option<Duration>,
         max_attempts: i32,
     ) -> Result<JobStatus, StorageError> {
         let job = job.clone();
@@ -690,10 +717,12 @@ impl MetadataStore for SqlStore {
         self.blocking(move |pool| with_conn!(pool, c => {
             c.write_txn(|c| {
                 let now = now_ms();
-                let status = if retry && job.attempts < max_attempts { JobStatus::Queued } else { JobStatus::Failed };
+                let status = if retry_in.is_some() && job.attempts < max_attempts { JobStatus::Queued } else { JobStatus::Failed };
+                let not_before = retry_in.map(|d| now + d.as_millis() as i64);
                 diesel::update(jobs::table.find(job.job_id.to_string()))
                     .set((
                         jobs::status.eq(status.as_str()),
+                        jobs::not_before.eq(not_before),
                         jobs::error.eq(&error),
                         jobs::lease_owner.eq(None::<String>),
                         jobs::lease_until.eq(None::<i64>),
@@ -758,7 +787,8 @@ impl MetadataStore for SqlStore {
     }
 
     async fn stats(&self) -> Result<MetadataStats, StorageError> {
-        self.blocking(|pool| with_conn!(pool, c => {
+        // One snapshot: counts read at different moments disagree while jobs complete.
+        self.blocking(|pool| with_conn!(pool, c => c.snapshot(|c| {
             let count = |c: &mut _, sql: &str| -> Result<i64, StorageError> {
                 let rows: Vec<CountRow> = diesel::sql_query(sql).load(c)?;
                 Ok(rows.first().map(|r| r.n).unwrap_or(0))
@@ -784,7 +814,7 @@ impl MetadataStore for SqlStore {
                 }
             }
             Ok(MetadataStats { documents, documents_indexed, chunks, indexed_chunks, collections, jobs })
-        }))
+        })))
         .await
     }
 

@@ -57,6 +57,7 @@ diesel::table! {
         lease_until -> Nullable<BigInt>,
         created_at -> BigInt,
         updated_at -> BigInt,
+        not_before -> Nullable<BigInt>,
     }
 }
 
