@@ -209,4 +209,92 @@ mod tests {
             "filter_max_depth"
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|n| json!(n)),
+                "[a-z]{0,40}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(6, 64, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::btree_map("[a-z]{1,8}", inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn object() -> impl Strategy<Value = Map<String, Value>> {
+            prop::collection::btree_map("[a-z.]{1,12}", json(), 0..8)
+                .prop_map(|m| m.into_iter().collect())
+        }
+
+        fn small_limits() -> LimitsSettings {
+            LimitsSettings {
+                metadata_max_bytes: 300,
+                metadata_max_keys: 12,
+                metadata_max_depth: 3,
+                filter_max_conditions: 4,
+                filter_max_values: 3,
+                filter_max_depth: 2,
+                ..limits()
+            }
+        }
+
+        proptest! {
+            /// Any metadata gets an answer, never a panic; a refusal names a real breach; and
+            /// taking a key away never turns an accepted object into a refused one.
+            #[test]
+            fn metadata_checks_are_sound_and_monotonic(m in object()) {
+                let l = small_limits();
+                match check_metadata(&m, &l) {
+                    Err(e) => {
+                        prop_assert!(e.actual > e.limit, "{e}");
+                        prop_assert!(["metadata_max_bytes", "metadata_max_keys", "metadata_max_depth"].contains(&e.key));
+                    }
+                    Ok(()) => {
+                        prop_assert!(serde_json::to_vec(&m).unwrap().len() <= l.metadata_max_bytes);
+                        for key in m.keys() {
+                            let mut smaller = m.clone();
+                            smaller.remove(key);
+                            prop_assert!(check_metadata(&smaller, &l).is_ok());
+                        }
+                    }
+                }
+            }
+
+            #[test]
+            fn filter_checks_are_sound_and_monotonic(f in object()) {
+                let l = small_limits();
+                match check_filter(&f, &l) {
+                    Err(e) => {
+                        prop_assert!(e.actual > e.limit, "{e}");
+                        prop_assert!(e.key.starts_with("filter_max_"));
+                    }
+                    Ok(()) => {
+                        prop_assert!(f.len() <= l.filter_max_conditions);
+                        for key in f.keys() {
+                            let mut smaller = f.clone();
+                            smaller.remove(key);
+                            prop_assert!(check_filter(&smaller, &l).is_ok());
+                        }
+                    }
+                }
+            }
+
+            #[test]
+            fn collection_names_are_accepted_exactly_when_well_formed(name in "\\PC{0,140}") {
+                let well_formed = !name.is_empty()
+                    && name.len() <= 128
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                prop_assert_eq!(validate_collection(&name).is_ok(), well_formed);
+            }
+        }
+    }
 }

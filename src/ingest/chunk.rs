@@ -417,4 +417,50 @@ mod tests {
                 .all(|w| w[1].start >= w[0].start + w[0].text.len())
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use std::sync::OnceLock;
+
+        fn shared() -> &'static Chunker {
+            static CHUNKER: OnceLock<Chunker> = OnceLock::new();
+            CHUNKER.get_or_init(|| chunker(40, 6))
+        }
+
+        /// Prose and Markdown-ish text: words, sentences, paragraphs, headings, list items.
+        fn document() -> impl Strategy<Value = String> {
+            let word = "[a-zA-Z]{1,12}|[0-9]{1,6}";
+            let line = prop::collection::vec(word, 1..30).prop_map(|w| w.join(" "));
+            let block = prop_oneof![
+                line.clone().prop_map(|l| format!("{l}.")),
+                line.clone().prop_map(|l| format!("# {l}")),
+                line.prop_map(|l| format!("- {l}")),
+            ];
+            prop::collection::vec(block, 0..40).prop_map(|b| b.join("\n\n"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Every chunk is non-empty, within the token budget and the slice of the text at its
+            /// offset; chunks are numbered in order; every non-blank byte is in some chunk.
+            #[test]
+            fn chunks_cover_the_text_within_the_budget(text in document(), markdown in any::<bool>()) {
+                let chunks = shared().chunk(&text, markdown);
+                prop_assert_eq!(chunks.is_empty(), text.trim().is_empty());
+                let mut covered = vec![false; text.len()];
+                for (i, c) in chunks.iter().enumerate() {
+                    prop_assert_eq!(c.index as usize, i);
+                    prop_assert!(!c.text.trim().is_empty());
+                    prop_assert!(c.token_count <= 40, "chunk {} has {} tokens", i, c.token_count);
+                    prop_assert_eq!(text.get(c.start..c.start + c.text.len()), Some(c.text.as_str()));
+                    covered[c.start..c.start + c.text.len()].iter_mut().for_each(|b| *b = true);
+                }
+                for (i, b) in text.bytes().enumerate() {
+                    prop_assert!(b.is_ascii_whitespace() || covered[i], "byte {} ({:?}) is in no chunk", i, b as char);
+                }
+            }
+        }
+    }
 }
