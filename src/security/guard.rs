@@ -19,7 +19,7 @@ use super::audit::{AuditCtx, ClientIp, Event, Outcome};
 use super::limits::{Dimension, RateClass};
 use super::network::client_ip;
 use super::tokens::AuthFailure;
-use super::{Caller, Credential, Principal, SecurityService};
+use super::{Caller, Credential, Principal, SecurityError, SecurityService};
 use crate::http::ApiError;
 
 /// What a route needs.
@@ -137,16 +137,8 @@ pub async fn guard(
     let caller = match admit(security, policy, ctx.loopback, presented).await {
         Ok(caller) => caller,
         Err(Denied::Unauthenticated(failure)) => {
-            let err = ApiError::new(StatusCode::UNAUTHORIZED, failure.code(), failure.message());
-            let err = if failure == AuthFailure::Unavailable {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    failure.code(),
-                    failure.message(),
-                )
-            } else {
-                err
-            };
+            // The one mapping of credential failures to statuses (401, or 503 when unavailable).
+            let err = ApiError::from(SecurityError::Unauthorized(failure));
             return Ok(finish(
                 req.into_response(err.error_response())
                     .map_into_right_body(),
