@@ -146,6 +146,12 @@ impl From<EmbedError> for ApiError {
         match e {
             EmbedError::TooMany(..) => ApiError::bad_request(e.to_string()),
             EmbedError::Stopped => ApiError::unavailable("the embedder is not running"),
+            EmbedError::Busy => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "the embedder's query queue is full (embedder.query_queue); retry shortly",
+            )
+            .with_retry_after(1),
             EmbedError::MissingFiles { .. }
             | EmbedError::Runtime { .. }
             | EmbedError::Model(_)
@@ -335,6 +341,15 @@ pub async fn check_vectors(state: &AppState) -> Check {
         name: "vector_index",
         ok: r.is_ok(),
         error: r.err().map(|e| e.to_string()),
+    }
+}
+
+pub async fn check_ingest(state: &AppState) -> Check {
+    let r = state.ingest.health();
+    Check {
+        name: "ingest_workers",
+        ok: r.is_ok(),
+        error: r.err(),
     }
 }
 

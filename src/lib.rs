@@ -88,7 +88,7 @@ pub async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
         documents: sql,
         vectors: Arc::new(vectors),
         cache: Arc::new(MemoryCache::new(
-            settings.cache.max_entries,
+            settings.cache.max_bytes,
             Duration::from_secs(settings.cache.ttl_secs),
         )),
     })
@@ -120,6 +120,7 @@ impl Application {
             embedder.clone(),
             bm25.clone(),
             settings.ingest.clone(),
+            settings.parser.clone(),
             settings.limits.clone(),
         )?);
         ingest.recover().await.context("requeue unfinished jobs")?;
@@ -184,7 +185,9 @@ impl Application {
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut background = ingest.spawn_workers(shutdown_rx.clone());
+        background.push(ingest.spawn_sweeper(shutdown_rx.clone()));
         background.push(security.spawn_sync(shutdown_rx.clone()));
+        background.push(tokio::spawn(startup_verify(storage.clone())));
         background.push(tokio::spawn(optimize_loop(storage.clone(), shutdown_rx)));
         Ok(Self {
             servers,
@@ -270,6 +273,30 @@ async fn shutdown_signal() {
     }
 }
 
+/// Checks that the stores agree, once, after start-up, and logs the result (check mode: repairs
+/// are an operator's decision, `doc-rag verify --repair` or `POST /v1/admin/verify?repair=true`).
+async fn startup_verify(storage: Storage) {
+    match storage::verify::verify(&storage, false).await {
+        Ok(r) if r.ok => tracing::info!(
+            module = "storage",
+            documents = r.checked.documents,
+            vectors = r.checked.vectors,
+            "verify: the stores agree"
+        ),
+        Ok(r) => {
+            for p in &r.problems {
+                tracing::warn!(module = "storage", kind = %p.kind, id = %p.id, detail = %p.detail, "verify: problem");
+            }
+            tracing::warn!(
+                module = "storage",
+                problems = r.problems.len(),
+                "verify: the stores disagree; run `doc-rag verify --repair`"
+            );
+        }
+        Err(e) => tracing::warn!(module = "storage", error = %e, "verify could not run"),
+    }
+}
+
 /// Lets the vector index merge segments and build its HNSW graph in the background. Optimising
 /// holds up index writes while it runs, so it waits until ingestion is idle.
 async fn optimize_loop(storage: Storage, mut shutdown: watch::Receiver<bool>) {
@@ -284,6 +311,9 @@ async fn optimize_loop(storage: Storage, mut shutdown: watch::Receiver<bool>) {
         }
         if let Err(e) = storage.vectors.optimize().await {
             tracing::warn!(module = "storage", error = %e, "vector index optimisation failed");
+        }
+        if let Err(e) = storage.metadata.compact().await {
+            tracing::warn!(module = "storage", error = %e, "database compaction failed");
         }
     }
 }

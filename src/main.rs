@@ -1,9 +1,8 @@
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = doc_rag::cli::Cli::parse();
-    match doc_rag::cli::run(cli).await {
+    match doc_rag::cli::main(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

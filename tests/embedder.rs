@@ -68,3 +68,90 @@ async fn pooled_ingestion_requests_get_their_own_vectors_in_order() {
     let cross: f32 = va[0].iter().zip(&vb[0]).map(|(x, y)| x * y).sum();
     assert!(cross < 0.9, "different texts differ: {cross}");
 }
+
+/// The query queue is bounded: a burst larger than it is refused at once with `Busy` (503 +
+/// Retry-After at the edge) rather than queued without limit; what was admitted is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_query_queue_refuses_instead_of_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings::for_tests(
+        dir.path(),
+        &common::model_dir(),
+        &[("embedder.query_queue".into(), "2".into())],
+    )
+    .unwrap();
+    let embedder = embedder::load(&settings.embedder).await.unwrap();
+    assert!(embedder.health().await.is_ok());
+    let burst = (0..64).map(|i| {
+        let embedder = embedder.clone();
+        tokio::spawn(async move {
+            embedder
+                .embed(vec![format!("query {i}")], Priority::Query)
+                .await
+        })
+    });
+    let results = futures::future::join_all(burst).await;
+    let busy = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Err(embedder::EmbedError::Busy))))
+        .count();
+    let answered = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+    assert_eq!(busy + answered, 64, "only Busy or an answer");
+    assert!(busy > 0, "a burst of 64 overflows a queue of 2");
+    assert!(answered > 0);
+}
+
+/// Queries go first, but a flood of them never starves ingestion: after `query_burst` query
+/// rounds one ingestion batch runs, so the bulk request completes while the flood goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_flood_does_not_starve_ingestion() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings::for_tests(dir.path(), &common::model_dir(), &[]).unwrap();
+    let embedder = embedder::load(&settings.embedder).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood: Vec<_> = (0..8)
+        .map(|i| {
+            let embedder = embedder.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut served = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if embedder
+                        .embed(vec![format!("flood query {i} {served}")], Priority::Query)
+                        .await
+                        .is_ok()
+                    {
+                        served += 1;
+                    }
+                }
+                served
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let texts: Vec<String> = (0..256).map(|i| format!("bulk text number {i}")).collect();
+    let bulk = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        embedder.embed(texts, Priority::Ingest),
+    )
+    .await;
+    let flood_running = flood.iter().all(|t| !t.is_finished());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let served: u64 = futures::future::join_all(flood)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .sum();
+    assert_eq!(
+        bulk.expect("ingestion progressed during the flood")
+            .unwrap()
+            .len(),
+        256
+    );
+    assert!(
+        flood_running,
+        "the flood was still going when the bulk finished"
+    );
+    assert!(served > 0);
+    println!("{served} flood queries served while 256 texts were embedded");
+}

@@ -15,7 +15,8 @@ use doc_rag::storage::security::{
 };
 use doc_rag::storage::sql::SqlStore;
 use doc_rag::storage::{
-    DocumentStatus, DocumentStore, JobStatus, MetadataStore, NewDocument, StoredChunk, chunk_id,
+    DocumentStatus, DocumentStore, Finish, JobStatus, MetadataStore, NewDocument, StoredChunk,
+    chunk_id,
 };
 use serde_json::{Map, json};
 
@@ -104,7 +105,7 @@ async fn suite(store: Arc<SqlStore>) {
     let chunks = |n: u32| -> Vec<StoredChunk> {
         (0..n)
             .map(|i| StoredChunk {
-                id: chunk_id(a.document_id, i),
+                id: chunk_id(a.document_id, 1, i),
                 document_id: a.document_id,
                 chunk_index: i as i32,
                 text: format!("chunk {i}"),
@@ -116,12 +117,28 @@ async fn suite(store: Arc<SqlStore>) {
     docs.replace_chunks(a.document_id, chunks(2)).await.unwrap();
     assert_eq!(docs.count_chunks(a.document_id).await.unwrap(), 2);
     let fetched = docs
-        .get_chunks(vec![chunk_id(a.document_id, 1), chunk_id(a.document_id, 2)])
+        .get_chunks(vec![
+            chunk_id(a.document_id, 1, 1),
+            chunk_id(a.document_id, 1, 2),
+        ])
         .await
         .unwrap();
     assert_eq!(fetched.len(), 1);
     assert_eq!(fetched[0].text, "chunk 1");
-    assert!(meta.complete_job(&job, 2).await.unwrap());
+    // The finish is fenced by the lease: another worker cannot finish w1's job.
+    assert_eq!(
+        meta.finish_job(&job, "w2", chunks(5)).await.unwrap(),
+        Finish::LeaseLost
+    );
+    assert_eq!(
+        docs.count_chunks(a.document_id).await.unwrap(),
+        2,
+        "nothing written"
+    );
+    assert_eq!(
+        meta.finish_job(&job, "w1", chunks(2)).await.unwrap(),
+        Finish::Live
+    );
     let done = meta.get_document(a.document_id).await.unwrap().unwrap();
     assert_eq!(
         (done.status, done.chunk_count),
@@ -145,13 +162,22 @@ async fn suite(store: Arc<SqlStore>) {
         docs.get_original(a.document_id).await.unwrap().unwrap(),
         b"content of A2"
     );
+    // A worker still on version 1 cannot make its text live: its job fails as superseded.
+    let j2 = meta.claim_job("w1", lease).await.unwrap().unwrap();
+    assert_eq!(j2.document_version, 2);
     let stale = doc_rag::storage::ClaimedJob {
         document_version: 1,
-        ..job.clone()
+        ..j2.clone()
     };
-    assert!(
-        !meta.complete_job(&stale, 9).await.unwrap(),
+    assert_eq!(
+        meta.finish_job(&stale, "w1", chunks(9)).await.unwrap(),
+        Finish::Superseded,
         "an old version cannot complete"
+    );
+    assert_eq!(
+        docs.count_chunks(a.document_id).await.unwrap(),
+        2,
+        "old text untouched"
     );
 
     // Failures: retried until attempts run out, then final with the reason on the document.
@@ -166,18 +192,23 @@ async fn suite(store: Arc<SqlStore>) {
         .unwrap()
         .clone();
     assert_eq!(
-        meta.fail_job(&jb, "transient", Some(Duration::ZERO), 2)
+        meta.fail_job(&jb, "w1", "transient", Some(Duration::ZERO), 2)
             .await
             .unwrap(),
-        JobStatus::Queued
+        Some(JobStatus::Queued)
     );
     let jb = meta.claim_job("w1", lease).await.unwrap().unwrap();
     assert_eq!((jb.job_id, jb.attempts), (b.job_id, 2));
     assert_eq!(
-        meta.fail_job(&jb, "bad pdf", Some(Duration::ZERO), 2)
+        meta.fail_job(&jb, "w2", "not mine", None, 2).await.unwrap(),
+        None,
+        "a worker that does not hold the job cannot fail it"
+    );
+    assert_eq!(
+        meta.fail_job(&jb, "w1", "bad pdf", Some(Duration::ZERO), 2)
             .await
             .unwrap(),
-        JobStatus::Failed
+        Some(JobStatus::Failed)
     );
     let failed = meta.get_document(b.document_id).await.unwrap().unwrap();
     assert_eq!(
@@ -203,8 +234,8 @@ async fn suite(store: Arc<SqlStore>) {
     assert_eq!(again.job_id, c.job_id);
     assert_eq!(
         meta.requeue_running(true).await.unwrap(),
-        2,
-        "every running job"
+        1,
+        "every running job, its lease current or not"
     );
 
     // Listing, stats, collections.
@@ -243,7 +274,7 @@ async fn suite(store: Arc<SqlStore>) {
         (stats.documents, stats.chunks, stats.collections),
         (3, 2, 1)
     );
-    assert_eq!(stats.jobs.failed, 2, "the superseded job and B's");
+    assert_eq!(stats.jobs.failed, 2, "the stale version-1 finish and B's");
     let collections = meta.list_collections().await.unwrap();
     assert_eq!(
         (collections[0].name.as_str(), collections[0].documents),
@@ -252,7 +283,20 @@ async fn suite(store: Arc<SqlStore>) {
 
     // Delete removes the document with its jobs, content and chunks.
     let removed = meta.delete_document(a.document_id).await.unwrap().unwrap();
-    assert_eq!(removed.id, a.document_id);
+    assert_eq!(removed.document.id, a.document_id);
+    assert_eq!(removed.chunks, 2);
+    let pending = meta.pending_deletions(10).await.unwrap();
+    assert_eq!(
+        pending.iter().map(|d| d.document_id).collect::<Vec<_>>(),
+        vec![a.document_id],
+        "the deletion is recorded for the sweeper"
+    );
+    meta.settle_deletion(a.document_id, Err("index down".into()))
+        .await
+        .unwrap();
+    assert_eq!(meta.pending_deletions(10).await.unwrap()[0].attempts, 1);
+    meta.settle_deletion(a.document_id, Ok(())).await.unwrap();
+    assert!(meta.pending_deletions(10).await.unwrap().is_empty());
     assert!(meta.get_document(a.document_id).await.unwrap().is_none());
     assert!(meta.get_job(a.job_id).await.unwrap().is_none());
     assert!(docs.get_original(a.document_id).await.unwrap().is_none());
@@ -505,10 +549,10 @@ async fn backoff_suite(store: Arc<SqlStore>) {
     let job = meta.claim_job("w", lease).await.unwrap().unwrap();
     assert_eq!(job.job_id, submitted.job_id);
     let status = meta
-        .fail_job(&job, "outage", Some(Duration::from_millis(500)), 5)
+        .fail_job(&job, "w", "outage", Some(Duration::from_millis(500)), 5)
         .await
         .unwrap();
-    assert_eq!(status, JobStatus::Queued);
+    assert_eq!(status, Some(JobStatus::Queued));
     assert!(
         meta.claim_job("w", lease).await.unwrap().is_none(),
         "not before its backoff"
@@ -593,4 +637,81 @@ async fn postgres_replicas_never_claim_the_same_job() {
     all.sort();
     all.dedup();
     assert_eq!(all.len(), 30, "no job claimed twice");
+}
+
+/// Two workers on one job whose lease expired: the second takes it over; the first can neither
+/// finish it nor fail it, and the second's finish makes its chunks live.
+async fn expired_lease_suite(store: Arc<SqlStore>) {
+    let meta: &dyn MetadataStore = store.as_ref();
+    let docs: &dyn DocumentStore = store.as_ref();
+    let submitted = meta.submit_document(doc("L", None)).await.unwrap();
+    let slow = meta
+        .claim_job("slow", Duration::from_millis(1))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let fast = meta
+        .claim_job("fast", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("an expired lease is taken over");
+    assert_eq!((fast.job_id, fast.attempts), (submitted.job_id, 2));
+    let chunk = |text: &str| StoredChunk {
+        id: chunk_id(submitted.document_id, 1, 0),
+        document_id: submitted.document_id,
+        chunk_index: 0,
+        text: text.into(),
+        token_count: 1,
+    };
+    assert_eq!(
+        meta.finish_job(&slow, "slow", vec![chunk("slow")])
+            .await
+            .unwrap(),
+        Finish::LeaseLost
+    );
+    assert_eq!(
+        meta.fail_job(&slow, "slow", "late", None, 5).await.unwrap(),
+        None
+    );
+    assert!(
+        !meta
+            .renew_lease(slow.job_id, "slow", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        meta.finish_job(&fast, "fast", vec![chunk("fast")])
+            .await
+            .unwrap(),
+        Finish::Live
+    );
+    let live = docs
+        .get_chunks(vec![chunk_id(submitted.document_id, 1, 0)])
+        .await
+        .unwrap();
+    assert_eq!(live[0].text, "fast");
+    assert_eq!(
+        meta.get_job(submitted.job_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        JobStatus::Done
+    );
+    // The inventory sees the chunk and no orphans or stuck jobs; a repair re-index queues a job.
+    let inventory = meta.inventory().await.unwrap();
+    assert_eq!(inventory.documents.len(), 1);
+    assert_eq!(inventory.documents[0].stored_chunks, 1);
+    assert!(inventory.orphan_chunk_documents.is_empty() && inventory.stuck_jobs.is_empty());
+    assert!(meta.reindex(submitted.document_id).await.unwrap());
+    assert_eq!(meta.inventory().await.unwrap().documents[0].active_jobs, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_worker_cannot_finish_or_fail_a_job_on_both_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    expired_lease_suite(sqlite(dir.path()).await).await;
+    let db = TestDatabase::create();
+    expired_lease_suite(postgres(&db).await).await;
 }

@@ -25,7 +25,8 @@ use self::model::*;
 use crate::AppState;
 use crate::config::LimitsSettings;
 use crate::http::{
-    ApiError, ApiResult, Check, check_database, check_embedder, check_vectors, deserialize_error,
+    ApiError, ApiResult, Check, check_database, check_embedder, check_ingest, check_vectors,
+    deserialize_error,
 };
 use crate::ingest::DEFAULT_COLLECTION;
 use crate::ingest::Upload;
@@ -74,6 +75,7 @@ use crate::telemetry::RequestId;
         DocumentAccepted,
         DocumentList,
         DocumentDeleted,
+        crate::ingest::Removal,
         SearchRequest,
         SearchResponse,
         SearchHit,
@@ -486,7 +488,7 @@ pub async fn delete_document(
         .await);
     }
     match state.ingest.delete(*id).await? {
-        Some(_) => {
+        Some((_, removed)) => {
             let ctx = AuditCtx::from_request(&req);
             state
                 .security
@@ -501,6 +503,7 @@ pub async fn delete_document(
             Ok(HttpResponse::Ok().json(DocumentDeleted {
                 document_id: *id,
                 deleted: true,
+                removed,
             }))
         }
         None => Err(ApiError::not_found("document")),
@@ -604,11 +607,43 @@ pub async fn index() -> HttpResponse {
     }))
 }
 
+/// Admission for uploads, before their body is read: at most `ingest.max_concurrent_uploads`
+/// in flight; the rest get 503 `overloaded` with `Retry-After`, so memory stays flat under a burst.
+async fn admit_upload(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<
+    actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody + 'static>,
+    actix_web::Error,
+> {
+    if req.method() != actix_web::http::Method::POST {
+        return next.call(req).await;
+    }
+    let permit = req
+        .app_data::<web::Data<AppState>>()
+        .and_then(|state| state.ingest.admit_upload());
+    let Some(_permit) = permit else {
+        metrics::counter!("ingest_uploads_rejected_total").increment(1);
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many uploads in progress (ingest.max_concurrent_uploads); retry shortly",
+        )
+        .with_retry_after(1)
+        .into());
+    };
+    next.call(req).await
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(index))
         .route("/openapi.json", web::get().to(openapi))
-        .route("/v1/documents", web::post().to(create_document))
-        .route("/v1/documents", web::get().to(list_documents))
+        .service(
+            web::resource("/v1/documents")
+                .route(web::post().to(create_document))
+                .route(web::get().to(list_documents))
+                .wrap(actix_web::middleware::from_fn(admit_upload)),
+        )
         .route("/v1/documents/{id}", web::get().to(get_document))
         .route("/v1/documents/{id}", web::delete().to(delete_document))
         .route("/v1/jobs/{id}", web::get().to(get_job))
@@ -626,6 +661,7 @@ pub fn readiness(
             check_database(&state).await,
             check_vectors(&state).await,
             check_embedder(&state).await,
+            check_ingest(&state).await,
         ]
     }
     .boxed()

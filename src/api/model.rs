@@ -60,6 +60,9 @@ pub struct DocumentList {
 pub struct DocumentDeleted {
     pub document_id: Uuid,
     pub deleted: bool,
+    /// What went from each store.
+    #[serde(default)]
+    pub removed: crate::ingest::Removal,
 }
 
 /// `POST /v1/search`.

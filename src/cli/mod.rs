@@ -42,6 +42,33 @@ pub enum Command {
     Logout(admin::LogoutArgs),
     /// Users, API keys, JWT rotation, session revocation, IP blocks, audit log, rate limits
     Admin(admin::AdminArgs),
+    /// Check that every store agrees (chunks, vectors, jobs); --repair fixes what it finds
+    Verify(VerifyArgs),
+    /// Internal: a sandboxed document parser the server starts (reads requests on stdin)
+    #[command(hide = true)]
+    ParseWorker(ParseWorkerArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ParseWorkerArgs {
+    /// Address-space limit in MiB
+    #[arg(long, default_value_t = 2048)]
+    pub memory_max_mb: u64,
+    /// CPU seconds per document
+    #[arg(long, default_value_t = 60)]
+    pub cpu_max_secs: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// Re-index documents whose chunks or vectors are missing and remove orphans
+    #[arg(long)]
+    pub repair: bool,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Configuration flags of the service side; they override files and environment.
@@ -89,6 +116,54 @@ impl ServiceArgs {
     }
 }
 
+/// `doc-rag verify`: opens the stores directly (the server must be stopped when they are
+/// embedded; with the server running, use `POST /v1/admin/verify` on the storage port).
+async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    let settings = args.service.settings()?;
+    crate::telemetry::init_logging(&settings.log);
+    let storage = crate::open_storage(&settings).await.context(
+        "cannot open the stores (is the server running? then use POST /v1/admin/verify on the \
+         storage port)",
+    )?;
+    let report = crate::storage::verify::verify(&storage, args.repair).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let c = &report.checked;
+        println!(
+            "checked {} documents, {} chunks, {} vectors ({} with a job in flight)",
+            c.documents, c.chunks, c.vectors, c.in_flight
+        );
+        for p in &report.problems {
+            println!("problem  {:<16} {}  {}", p.kind, p.id, p.detail);
+        }
+        for r in &report.repaired {
+            println!("repaired {r}");
+        }
+        println!("{}", if report.ok { "ok" } else { "NOT ok" });
+    }
+    if report.ok || args.repair {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "the stores disagree ({} problems); run with --repair",
+            report.problems.len()
+        )
+    }
+}
+
+/// Runs the command line. The parse worker runs without an async runtime (it is one thread
+/// under tight limits); everything else runs on tokio.
+pub fn main(cli: Cli) -> anyhow::Result<()> {
+    if let Command::ParseWorker(args) = &cli.command {
+        return crate::ingest::sandbox::serve_worker(args.memory_max_mb, args.cpu_max_secs);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
@@ -117,5 +192,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Login(args) => admin::login(args).await,
         Command::Logout(args) => admin::logout(args).await,
         Command::Admin(args) => admin::run(args).await,
+        Command::Verify(args) => verify(args).await,
+        Command::ParseWorker(args) => {
+            crate::ingest::sandbox::serve_worker(args.memory_max_mb, args.cpu_max_secs)
+        }
     }
 }

@@ -31,6 +31,7 @@ pub struct Settings {
     pub response: ResponseSettings,
     pub embedder: EmbedderSettings,
     pub ingest: IngestSettings,
+    pub parser: ParserSettings,
     pub cache: CacheSettings,
     pub limits: LimitsSettings,
     pub log: LogSettings,
@@ -229,6 +230,9 @@ pub struct EmbedderSettings {
     pub max_length: usize,
     pub batch_size: usize,
     pub threads: usize,
+    pub query_queue: usize,
+    pub ingest_queue: usize,
+    pub query_burst: usize,
 }
 
 impl EmbedderSettings {
@@ -247,15 +251,26 @@ pub struct IngestSettings {
     pub chunk_max_tokens: usize,
     pub chunk_overlap_tokens: usize,
     pub max_attempts: i32,
+    pub max_concurrent_uploads: usize,
     pub lease_secs: u64,
     pub poll_interval_ms: u64,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
 }
 
+/// The parse workers: child processes that turn uploads into text under resource limits.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ParserSettings {
+    pub workers: usize,
+    pub memory_max_mb: u64,
+    pub cpu_max_secs: u64,
+    pub timeout_secs: u64,
+    pub command: String,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct CacheSettings {
-    pub max_entries: u64,
+    pub max_bytes: u64,
     pub ttl_secs: u64,
 }
 
@@ -336,6 +351,17 @@ impl Settings {
             return invalid(
                 "ingest.chunk_overlap_tokens must be smaller than ingest.chunk_max_tokens",
             );
+        }
+        if self.parser.workers == 0
+            || self.parser.timeout_secs == 0
+            || self.parser.cpu_max_secs == 0
+        {
+            return invalid(
+                "parser.workers, parser.timeout_secs and parser.cpu_max_secs must be at least 1",
+            );
+        }
+        if self.parser.memory_max_mb < 64 {
+            return invalid("parser.memory_max_mb must be at least 64");
         }
         if self.ingest.workers == 0 {
             return invalid("ingest.workers must be at least 1");

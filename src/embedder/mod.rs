@@ -12,6 +12,7 @@ pub mod http;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -38,6 +39,8 @@ pub enum EmbedError {
     Stopped,
     #[error("too many texts in one request: {0} (limit {1})")]
     TooMany(usize, usize),
+    #[error("the embedder's queue is full")]
+    Busy,
 }
 
 /// Whose texts these are; queries are served first.
@@ -72,8 +75,10 @@ struct Request {
 
 /// fastembed on a dedicated thread, fed by two priority channels.
 pub struct FastEmbedder {
-    query_tx: mpsc::UnboundedSender<Request>,
-    ingest_tx: mpsc::UnboundedSender<Request>,
+    query_tx: mpsc::Sender<Request>,
+    ingest_tx: mpsc::Sender<Request>,
+    /// When the model thread started its current call (ms since the epoch; 0 when idle).
+    busy_since: Arc<AtomicU64>,
     tokenizer: tokenizers::Tokenizer,
     dimension: usize,
     max_texts: usize,
@@ -134,14 +139,17 @@ impl FastEmbedder {
             .with_truncation(None)
             .map_err(|e| EmbedError::Model(format!("tokenizer: {e}")))?;
 
-        let (query_tx, query_rx) = mpsc::unbounded_channel();
-        let (ingest_tx, ingest_rx) = mpsc::unbounded_channel();
+        let (query_tx, query_rx) = mpsc::channel(settings.query_queue.max(1));
+        let (ingest_tx, ingest_rx) = mpsc::channel(settings.ingest_queue.max(1));
+        let busy_since = Arc::new(AtomicU64::new(0));
         let worker = Worker {
             engine,
             tokenizer: tokenizer.clone(),
             batch_size: settings.batch_size,
+            query_burst: settings.query_burst.max(1),
             query_rx,
             ingest_rx,
+            busy_since: Arc::clone(&busy_since),
         };
         std::thread::Builder::new()
             .name("embedder".into())
@@ -150,6 +158,7 @@ impl FastEmbedder {
         Ok(Self {
             query_tx,
             ingest_tx,
+            busy_since,
             tokenizer,
             dimension: settings.dimension,
             max_texts: 4096,
@@ -207,11 +216,22 @@ impl Embedder for FastEmbedder {
             reply,
             span: tracing::Span::current(),
         };
-        let tx = match priority {
-            Priority::Query => &self.query_tx,
-            Priority::Ingest => &self.ingest_tx,
-        };
-        tx.send(request).map_err(|_| EmbedError::Stopped)?;
+        match priority {
+            // A query must not wait in an unbounded line: a full queue is a 503 now.
+            Priority::Query => self.query_tx.try_send(request).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    metrics::counter!("embedder_rejected_total").increment(1);
+                    EmbedError::Busy
+                }
+                mpsc::error::TrySendError::Closed(_) => EmbedError::Stopped,
+            })?,
+            // Ingestion workers wait for room; the queue bounds what they hold in memory.
+            Priority::Ingest => self
+                .ingest_tx
+                .send(request)
+                .await
+                .map_err(|_| EmbedError::Stopped)?,
+        }
         rx.await.map_err(|_| EmbedError::Stopped)?
     }
 
@@ -223,16 +243,21 @@ impl Embedder for FastEmbedder {
         self.tokenizer.clone()
     }
 
+    /// Cheap: it must not queue an inference behind a bulk upload. The model thread is alive
+    /// while its channels are open, and healthy unless one model call has run for minutes.
     async fn health(&self) -> Result<(), EmbedError> {
-        let v = self
-            .embed(vec!["health check".to_string()], Priority::Query)
-            .await?;
-        match v.first() {
-            Some(e) if e.len() == self.dimension => Ok(()),
-            _ => Err(EmbedError::Inference(
-                "unexpected embedding dimension".into(),
-            )),
+        if self.query_tx.is_closed() {
+            return Err(EmbedError::Stopped);
         }
+        let since = self.busy_since.load(Ordering::Relaxed);
+        let busy_ms = now_ms().saturating_sub(since);
+        if since != 0 && busy_ms > STALL_MS {
+            return Err(EmbedError::Inference(format!(
+                "one model call has run for {} s",
+                busy_ms / 1000
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -240,8 +265,20 @@ struct Worker {
     engine: TextEmbedding,
     tokenizer: tokenizers::Tokenizer,
     batch_size: usize,
-    query_rx: mpsc::UnboundedReceiver<Request>,
-    ingest_rx: mpsc::UnboundedReceiver<Request>,
+    query_burst: usize,
+    query_rx: mpsc::Receiver<Request>,
+    ingest_rx: mpsc::Receiver<Request>,
+    busy_since: Arc<AtomicU64>,
+}
+
+/// A model call longer than this means the thread is wedged.
+const STALL_MS: u64 = 120_000;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// An ingestion request being worked through, possibly across several batches.
@@ -264,22 +301,35 @@ impl Worker {
         // Ingestion requests from every worker are pooled, so one model call serves many small
         // documents and each batch holds texts of similar length.
         let mut pending: Vec<Pending> = Vec::new();
+        // Query rounds served in a row while ingestion waited.
+        let mut streak = 0;
         loop {
-            // Every waiting query first, all in one model call when they fit.
+            // Every waiting query first, all in one model call when they fit, unless ingestion
+            // has waited `query_burst` rounds: then one ingestion batch goes first.
             let mut queries = Vec::new();
-            while let Ok(r) = self.query_rx.try_recv() {
-                queries.push(r);
+            if pending.is_empty() || streak < self.query_burst {
+                while let Ok(r) = self.query_rx.try_recv() {
+                    queries.push(r);
+                }
             }
             if !queries.is_empty() {
+                if !pending.is_empty() {
+                    streak += 1;
+                }
+                self.busy_since.store(now_ms(), Ordering::Relaxed);
                 self.serve_queries(queries);
+                self.busy_since.store(0, Ordering::Relaxed);
                 continue;
             }
+            streak = 0;
             while let Ok(r) = self.ingest_rx.try_recv() {
                 pending.push(self.start(r));
             }
             pending.retain(|p| !p.request.reply.is_closed());
             if !pending.is_empty() {
+                self.busy_since.store(now_ms(), Ordering::Relaxed);
                 self.step(&mut pending);
+                self.busy_since.store(0, Ordering::Relaxed);
                 continue;
             }
             // Idle: block until either channel has work.

@@ -255,6 +255,8 @@ impl Searcher for QueryService {
             .clone()
             .unwrap_or_else(|| ALL_COLLECTIONS.to_string());
         let key = format!("search:{}", serde_json::to_string(&p).unwrap_or_default());
+        // Read before searching: a result computed across an invalidation is not stored.
+        let generation = self.storage.cache.generation(&scope).await;
         if let Some(hit) = self.storage.cache.get(&scope, &key).await
             && let Ok(hits) = serde_json::from_str::<Vec<SearchHit>>(&hit)
         {
@@ -264,7 +266,7 @@ impl Searcher for QueryService {
         metrics::counter!("query_cache_total", "result" => "miss").increment(1);
         let hits = self.retrieve(&p).await?;
         if let Ok(json) = serde_json::to_string(&hits) {
-            self.storage.cache.put(&scope, &key, json).await;
+            self.storage.cache.put(&scope, &key, json, generation).await;
         }
         let mode = match p.mode {
             SearchMode::Hybrid => "hybrid",

@@ -1,5 +1,5 @@
-//! The storage service's own port: `GET /v1/stats` with counts from every store, which operators
-//! (and the crash-safety test) use to check the stores agree.
+//! The storage service's own port: `GET /v1/stats` with counts from every store, and
+//! `POST /v1/admin/verify[?repair=true]`, which checks (and repairs) that the stores agree.
 
 use std::sync::Arc;
 
@@ -31,8 +31,31 @@ async fn stats(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     })))
 }
 
+#[derive(Debug, serde::Deserialize)]
+struct VerifyQuery {
+    #[serde(default)]
+    repair: bool,
+}
+
+async fn verify(
+    state: web::Data<AppState>,
+    query: web::Query<VerifyQuery>,
+) -> ApiResult<HttpResponse> {
+    let report = super::verify::verify(&state.storage, query.repair).await?;
+    if !report.ok {
+        tracing::warn!(
+            module = "storage",
+            problems = report.problems.len(),
+            repaired = report.repaired.len(),
+            "verify found problems"
+        );
+    }
+    Ok(HttpResponse::Ok().json(report))
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/stats", web::get().to(stats));
+    cfg.route("/v1/stats", web::get().to(stats))
+        .route("/v1/admin/verify", web::post().to(verify));
 }
 
 pub fn readiness(

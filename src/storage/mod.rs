@@ -15,6 +15,7 @@ pub mod http;
 pub mod security;
 pub mod sql;
 pub mod vector;
+pub mod verify;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -243,8 +244,17 @@ pub trait MetadataStore: Send + Sync + 'static {
         limit: i64,
         offset: i64,
     ) -> Result<Vec<Document>, StorageError>;
-    /// Removes the document, its jobs, content and chunks. Returns what was removed.
-    async fn delete_document(&self, id: Uuid) -> Result<Option<Document>, StorageError>;
+    /// Removes the document, its jobs, content and chunks, and records a [`Deletion`] in the same
+    /// transaction so the other stores are swept even if this process dies next.
+    async fn delete_document(&self, id: Uuid) -> Result<Option<DeletedDocument>, StorageError>;
+    /// Deletions not yet finished in every store, oldest first.
+    async fn pending_deletions(&self, limit: i64) -> Result<Vec<Deletion>, StorageError>;
+    /// Records the outcome of sweeping one deletion: `Ok` forgets it, `Err` notes the error.
+    async fn settle_deletion(
+        &self,
+        id: Uuid,
+        outcome: Result<(), String>,
+    ) -> Result<(), StorageError>;
     async fn get_job(&self, id: Uuid) -> Result<Option<Job>, StorageError>;
     /// Takes the oldest queued job (or one whose lease expired) and leases it to `worker`.
     async fn claim_job(
@@ -259,25 +269,99 @@ pub trait MetadataStore: Send + Sync + 'static {
         worker: &str,
         lease: Duration,
     ) -> Result<bool, StorageError>;
-    /// Marks the job done and the document indexed with `chunk_count` chunks, if the document still
-    /// exists at `version`. Returns false when the document was deleted or replaced meanwhile.
-    async fn complete_job(&self, job: &ClaimedJob, chunk_count: i64) -> Result<bool, StorageError>;
-    /// Records a failure. `retry_in` puts the job back in the queue, claimable after that delay
-    /// (unless attempts are used up); `None`, or no attempts left, marks it and its document
-    /// failed with `error`.
+    /// Makes a job's chunks live, fenced: only while `worker` still holds the job's lease and the
+    /// document is still at the job's version. In one transaction it replaces the document's
+    /// chunks (the SQL backend keeps chunk text), marks the document indexed and the job done.
+    /// A job whose document moved on is marked failed; a lost lease changes nothing.
+    async fn finish_job(
+        &self,
+        job: &ClaimedJob,
+        worker: &str,
+        chunks: Vec<StoredChunk>,
+    ) -> Result<Finish, StorageError>;
+    /// Records a failure of a job `worker` holds. `retry_in` puts the job back in the queue,
+    /// claimable after that delay (unless attempts are used up); `None`, or no attempts left,
+    /// marks it and its document failed with `error` and drops the document's chunks (a failed
+    /// document is not searchable). `None` when the worker no longer holds the job.
     async fn fail_job(
         &self,
         job: &ClaimedJob,
+        worker: &str,
         error: &str,
         retry_in: Option<Duration>,
         max_attempts: i32,
-    ) -> Result<JobStatus, StorageError>;
+    ) -> Result<Option<JobStatus>, StorageError>;
+    /// Every document's indexing state and stored chunk count, for `verify`.
+    async fn inventory(&self) -> Result<Inventory, StorageError>;
+    /// Queues a fresh job for the document's current version (`verify --repair`).
+    async fn reindex(&self, id: Uuid) -> Result<bool, StorageError>;
+    /// Removes chunk rows whose document is gone; returns how many.
+    async fn delete_orphan_chunks(&self) -> Result<u64, StorageError>;
     /// Puts jobs left running by a process that is gone back in the queue. Embedded (single process)
     /// deployments call it at start-up with `all = true`; shared databases rely on lease expiry.
     async fn requeue_running(&self, all: bool) -> Result<u64, StorageError>;
     async fn list_collections(&self) -> Result<Vec<CollectionInfo>, StorageError>;
     async fn stats(&self) -> Result<MetadataStats, StorageError>;
+    /// Returns freed space to the file system and drops old page images (SQLite: checkpoint and
+    /// truncate the WAL, whose frames still hold deleted text; PostgreSQL: autovacuum's job).
+    async fn compact(&self) -> Result<(), StorageError>;
     fn backend(&self) -> &'static str;
+}
+
+/// What [`MetadataStore::finish_job`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// The chunks are live and the job is done.
+    Live,
+    /// Another worker holds the job now; nothing was written.
+    LeaseLost,
+    /// The document was replaced by a newer version; the job is failed.
+    Superseded,
+    /// The document was deleted.
+    Deleted,
+}
+
+/// A removed document and what went with it.
+#[derive(Debug, Clone)]
+pub struct DeletedDocument {
+    pub document: Document,
+    pub chunks: u64,
+    pub jobs: u64,
+    /// Whether a job was queued or running for it (a worker may still write vectors).
+    pub was_indexing: bool,
+}
+
+/// A deletion not yet finished in every store.
+#[derive(Debug, Clone)]
+pub struct Deletion {
+    pub document_id: Uuid,
+    pub collection: String,
+    pub deleted_at: chrono::DateTime<chrono::Utc>,
+    pub attempts: i32,
+}
+
+/// One document's state as the metadata store sees it.
+#[derive(Debug, Clone)]
+pub struct DocumentState {
+    pub id: Uuid,
+    pub collection: String,
+    pub version: i64,
+    pub status: DocumentStatus,
+    pub chunk_count: i64,
+    /// Chunk rows stored for it.
+    pub stored_chunks: i64,
+    /// Queued or running jobs for it.
+    pub active_jobs: i64,
+}
+
+/// What `verify` compares against the other stores.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    pub documents: Vec<DocumentState>,
+    /// Documents that chunk rows point at but that do not exist.
+    pub orphan_chunk_documents: Vec<Uuid>,
+    /// Running jobs whose lease expired more than a lease ago (no worker is on them).
+    pub stuck_jobs: Vec<Uuid>,
 }
 
 /// Original uploads and chunk text.
@@ -306,8 +390,12 @@ pub struct Storage {
     pub cache: Arc<dyn Cache>,
 }
 
-/// Deterministic chunk id: the same document and chunk index always give the same id, so a retried
-/// job overwrites its points instead of duplicating them.
-pub fn chunk_id(document_id: Uuid, chunk_index: u32) -> Uuid {
-    Uuid::new_v5(&document_id, &chunk_index.to_be_bytes())
+/// Deterministic chunk id: the same document version and chunk index always give the same id, so
+/// a retried job overwrites its points instead of duplicating them, while two versions never share
+/// an id (a stale worker cannot overwrite the live version's points).
+pub fn chunk_id(document_id: Uuid, version: i64, chunk_index: u32) -> Uuid {
+    let mut name = [0u8; 12];
+    name[..8].copy_from_slice(&version.to_be_bytes());
+    name[8..].copy_from_slice(&chunk_index.to_be_bytes());
+    Uuid::new_v5(&document_id, &name)
 }

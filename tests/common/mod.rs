@@ -110,6 +110,9 @@ pub struct TestApp {
     pub dir: tempfile::TempDir,
     pub db: Option<TestDatabase>,
     pub settings: Settings,
+    /// The running application's modules, for tests that reach past the HTTP API (to damage a
+    /// store on purpose, say).
+    pub state: std::sync::Arc<doc_rag::AppState>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
@@ -129,6 +132,11 @@ impl TestApp {
             ("security.admin_email".into(), ADMIN_EMAIL.into()),
             ("security.admin_password".into(), ADMIN_PASSWORD.into()),
             ("security.sync_interval_ms".into(), "200".into()),
+            // The test binary is not doc-rag: parse workers run the real binary.
+            (
+                "parser.command".into(),
+                env!("CARGO_BIN_EXE_doc-rag").into(),
+            ),
         ];
         // Request logs of thousands of uploads would drown the test output; DOCRAG_TEST_LOG=info shows them.
         pairs.push((
@@ -151,6 +159,7 @@ impl TestApp {
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
             .collect();
+        let state = app.state();
         let task = tokio::spawn(app.run_until_stopped());
         let anon = reqwest::Client::builder()
             .timeout(Duration::from_secs(300))
@@ -179,6 +188,7 @@ impl TestApp {
             dir,
             db,
             settings,
+            state,
             task,
         }
     }
@@ -240,6 +250,36 @@ impl TestApp {
         let (status, stats) = self.get_json(&self.url("storage", "/v1/stats")).await;
         assert_eq!(status, 200);
         stats
+    }
+
+    /// `POST /v1/admin/verify` on the storage port.
+    pub async fn verify(&self, repair: bool) -> Value {
+        let r = self
+            .client
+            .post(self.url("storage", &format!("/v1/admin/verify?repair={repair}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.json().await.unwrap()
+    }
+
+    /// Uploads raw bytes as a file (multipart) without waiting; returns (status, body).
+    pub async fn upload_file(&self, name: &str, mime: &str, bytes: Vec<u8>) -> (u16, Value) {
+        let part = reqwest::multipart::Part::bytes(bytes)
+            .file_name(name.to_string())
+            .mime_str(mime)
+            .unwrap();
+        let form = reqwest::multipart::Form::new().part("file", part);
+        let r = self
+            .client
+            .post(self.api("/v1/documents"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn search(&self, query: &str, mode: &str, top_k: usize) -> Value {

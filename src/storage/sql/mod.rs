@@ -23,10 +23,11 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use self::schema::{chunks, collections, document_contents, documents, jobs};
+use self::schema::{chunks, collections, deletions, document_contents, documents, jobs};
 use super::{
-    ClaimedJob, CollectionInfo, Document, DocumentStatus, DocumentStore, Job, JobCounts, JobStatus,
-    MetadataStats, MetadataStore, NewDocument, StorageError, StoredChunk, Submitted,
+    ClaimedJob, CollectionInfo, DeletedDocument, Deletion, Document, DocumentState, DocumentStatus,
+    DocumentStore, Finish, Inventory, Job, JobCounts, JobStatus, MetadataStats, MetadataStore,
+    NewDocument, StorageError, StoredChunk, Submitted,
 };
 use crate::config::{DatabaseKind, DatabaseSettings};
 
@@ -59,6 +60,32 @@ macro_rules! with_conn {
             }
         }
     };
+}
+
+/// Replaces a document's chunk rows inside the caller's transaction (a macro, like `with_conn!`,
+/// so one body serves both connection types).
+macro_rules! write_chunks {
+    ($c:expr, $doc:expr, $chunks:expr) => {{
+        let doc: &str = $doc;
+        diesel::delete(chunks::table.filter(chunks::document_id.eq(doc))).execute($c)?;
+        let rows: Vec<ChunkRow> = $chunks
+            .iter()
+            .map(|ch| ChunkRow {
+                id: ch.id.to_string(),
+                document_id: doc.to_string(),
+                chunk_index: ch.chunk_index,
+                text: ch.text.clone(),
+                token_count: ch.token_count,
+            })
+            .collect();
+        // Bounded statements: SQLite caps bind parameters per statement.
+        for batch in rows.chunks(500) {
+            diesel::insert_into(chunks::table)
+                .values(batch)
+                .execute($c)?;
+        }
+        Ok::<(), StorageError>(())
+    }};
 }
 
 /// What differs between the backends.
@@ -134,8 +161,10 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
         // synchronous=NORMAL in WAL mode survives a process crash (only a power loss can drop
         // the last commits, and never corrupts). WAL itself is set once, in `connect`.
+        // secure_delete overwrites freed pages, so deleted text cannot be read back from the file.
         conn.batch_execute(&format!(
-            "PRAGMA busy_timeout = {}; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+            "PRAGMA busy_timeout = {}; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+             PRAGMA secure_delete = ON;",
             self.busy_timeout_ms
         ))
         .map_err(diesel::r2d2::Error::QueryError)
@@ -266,6 +295,24 @@ struct ClaimRow {
     attempts: i32,
     #[diesel(sql_type = Nullable<Text>)]
     request_id: Option<String>,
+}
+
+#[derive(QueryableByName)]
+struct InventoryRow {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    collection: String,
+    #[diesel(sql_type = BigInt)]
+    version: i64,
+    #[diesel(sql_type = Text)]
+    status: String,
+    #[diesel(sql_type = BigInt)]
+    chunk_count: i64,
+    #[diesel(sql_type = BigInt)]
+    stored_chunks: i64,
+    #[diesel(sql_type = BigInt)]
+    active_jobs: i64,
 }
 
 #[derive(QueryableByName)]
@@ -567,7 +614,7 @@ impl MetadataStore for SqlStore {
         .await
     }
 
-    async fn delete_document(&self, id: Uuid) -> Result<Option<Document>, StorageError> {
+    async fn delete_document(&self, id: Uuid) -> Result<Option<DeletedDocument>, StorageError> {
         self.blocking(move |pool| {
             with_conn!(pool, c => {
                 c.write_txn(|c| {
@@ -580,14 +627,77 @@ impl MetadataStore for SqlStore {
                     else {
                         return Ok(None);
                     };
+                    let active: i64 = jobs::table
+                        .filter(jobs::document_id.eq(&id))
+                        .filter(jobs::status.eq_any([JobStatus::Queued.as_str(), JobStatus::Running.as_str()]))
+                        .count()
+                        .get_result(c)?;
                     // Explicit deletes rather than relying on ON DELETE CASCADE, which SQLite only
                     // honours when the foreign_keys pragma is on for this connection.
-                    diesel::delete(jobs::table.filter(jobs::document_id.eq(&id))).execute(c)?;
-                    diesel::delete(chunks::table.filter(chunks::document_id.eq(&id))).execute(c)?;
+                    let jobs_removed = diesel::delete(jobs::table.filter(jobs::document_id.eq(&id))).execute(c)?;
+                    let chunks_removed = diesel::delete(chunks::table.filter(chunks::document_id.eq(&id))).execute(c)?;
                     diesel::delete(document_contents::table.find(&id)).execute(c)?;
                     diesel::delete(documents::table.find(&id)).execute(c)?;
-                    row.into_document().map(Some)
+                    diesel::insert_into(deletions::table)
+                        .values((
+                            deletions::document_id.eq(&id),
+                            deletions::collection.eq(&row.collection),
+                            deletions::deleted_at.eq(now_ms()),
+                            deletions::attempts.eq(0),
+                        ))
+                        .on_conflict(deletions::document_id)
+                        .do_update()
+                        .set(deletions::deleted_at.eq(now_ms()))
+                        .execute(c)?;
+                    Ok(Some(DeletedDocument {
+                        document: row.into_document()?,
+                        chunks: chunks_removed as u64,
+                        jobs: jobs_removed as u64,
+                        was_indexing: active > 0,
+                    }))
                 })
+            })
+        })
+        .await
+    }
+
+    async fn pending_deletions(&self, limit: i64) -> Result<Vec<Deletion>, StorageError> {
+        self.blocking(move |pool| {
+            with_conn!(pool, c => {
+                let rows: Vec<(String, String, i64, i32)> = deletions::table
+                    .select((deletions::document_id, deletions::collection, deletions::deleted_at, deletions::attempts))
+                    .order(deletions::deleted_at)
+                    .limit(limit)
+                    .load(c)?;
+                rows.into_iter()
+                    .map(|(id, collection, at, attempts)| {
+                        Ok(Deletion { document_id: parse_uuid(&id)?, collection, deleted_at: to_time(at), attempts })
+                    })
+                    .collect()
+            })
+        })
+        .await
+    }
+
+    async fn settle_deletion(
+        &self,
+        id: Uuid,
+        outcome: Result<(), String>,
+    ) -> Result<(), StorageError> {
+        self.blocking(move |pool| {
+            with_conn!(pool, c => {
+                let target = deletions::table.find(id.to_string());
+                match outcome {
+                    Ok(()) => {
+                        diesel::delete(target).execute(c)?;
+                    }
+                    Err(error) => {
+                        diesel::update(target)
+                            .set((deletions::attempts.eq(deletions::attempts + 1), deletions::last_error.eq(error)))
+                            .execute(c)?;
+                    }
+                }
+                Ok(())
             })
         })
         .await
@@ -666,39 +776,69 @@ impl MetadataStore for SqlStore {
         .await
     }
 
-    async fn complete_job(&self, job: &ClaimedJob, chunk_count: i64) -> Result<bool, StorageError> {
+    async fn finish_job(
+        &self,
+        job: &ClaimedJob,
+        worker: &str,
+        new_chunks: Vec<StoredChunk>,
+    ) -> Result<Finish, StorageError> {
         let job = job.clone();
+        let worker = worker.to_string();
         self.blocking(move |pool| {
             with_conn!(pool, c => {
                 c.write_txn(|c| {
                     let now = now_ms();
-                    let updated = diesel::update(
-                        documents::table
-                            .find(job.document_id.to_string())
-                            .filter(documents::version.eq(job.document_version)),
-                    )
-                    .set((
-                        documents::status.eq(DocumentStatus::Indexed.as_str()),
-                        documents::chunk_count.eq(chunk_count),
-                        documents::error.eq(None::<String>),
-                        documents::updated_at.eq(now),
-                    ))
-                    .execute(c)?;
-                    let (status, error) = if updated == 1 {
-                        (JobStatus::Done, None)
-                    } else {
-                        (JobStatus::Failed, Some("document was replaced or deleted while indexing"))
-                    };
-                    diesel::update(jobs::table.find(job.job_id.to_string()))
-                        .set((
-                            jobs::status.eq(status.as_str()),
-                            jobs::error.eq(error),
-                            jobs::lease_owner.eq(None::<String>),
-                            jobs::lease_until.eq(None::<i64>),
-                            jobs::updated_at.eq(now),
-                        ))
-                        .execute(c)?;
-                    Ok(updated == 1)
+                    let job_id = job.job_id.to_string();
+                    let doc_id = job.document_id.to_string();
+                    let held: i64 = jobs::table
+                        .find(&job_id)
+                        .filter(jobs::status.eq(JobStatus::Running.as_str()))
+                        .filter(jobs::lease_owner.eq(&worker))
+                        .count()
+                        .get_result(c)?;
+                    if held == 0 {
+                        let exists: i64 = documents::table.find(&doc_id).count().get_result(c)?;
+                        return Ok(if exists == 0 { Finish::Deleted } else { Finish::LeaseLost });
+                    }
+                    let version: Option<i64> = documents::table
+                        .find(&doc_id)
+                        .select(documents::version)
+                        .first(c)
+                        .optional()?;
+                    let release = (
+                        jobs::lease_owner.eq(None::<String>),
+                        jobs::lease_until.eq(None::<i64>),
+                        jobs::updated_at.eq(now),
+                    );
+                    match version {
+                        None => Ok(Finish::Deleted),
+                        Some(v) if v != job.document_version => {
+                            diesel::update(jobs::table.find(&job_id))
+                                .set((
+                                    jobs::status.eq(JobStatus::Failed.as_str()),
+                                    jobs::error.eq(format!("superseded by version {v} of the document")),
+                                    release,
+                                ))
+                                .execute(c)?;
+                            Ok(Finish::Superseded)
+                        }
+                        Some(_) => {
+                            let n = new_chunks.len() as i64;
+                            write_chunks!(c, &doc_id, &new_chunks)?;
+                            diesel::update(documents::table.find(&doc_id))
+                                .set((
+                                    documents::status.eq(DocumentStatus::Indexed.as_str()),
+                                    documents::chunk_count.eq(n),
+                                    documents::error.eq(None::<String>),
+                                    documents::updated_at.eq(now),
+                                ))
+                                .execute(c)?;
+                            diesel::update(jobs::table.find(&job_id))
+                                .set((jobs::status.eq(JobStatus::Done.as_str()), jobs::error.eq(None::<String>), release))
+                                .execute(c)?;
+                            Ok(Finish::Live)
+                        }
+                    }
                 })
             })
         })
@@ -708,31 +848,42 @@ impl MetadataStore for SqlStore {
     async fn fail_job(
         &self,
         job: &ClaimedJob,
+        worker: &str,
         error: &str,
         retry_in: Option<Duration>,
         max_attempts: i32,
-    ) -> Result<JobStatus, StorageError> {
+    ) -> Result<Option<JobStatus>, StorageError> {
         let job = job.clone();
+        let worker = worker.to_string();
         let error = error.to_string();
         self.blocking(move |pool| with_conn!(pool, c => {
             c.write_txn(|c| {
                 let now = now_ms();
                 let status = if retry_in.is_some() && job.attempts < max_attempts { JobStatus::Queued } else { JobStatus::Failed };
                 let not_before = retry_in.map(|d| now + d.as_millis() as i64);
-                diesel::update(jobs::table.find(job.job_id.to_string()))
-                    .set((
-                        jobs::status.eq(status.as_str()),
-                        jobs::not_before.eq(not_before),
-                        jobs::error.eq(&error),
-                        jobs::lease_owner.eq(None::<String>),
-                        jobs::lease_until.eq(None::<i64>),
-                        jobs::updated_at.eq(now),
-                    ))
-                    .execute(c)?;
+                let updated = diesel::update(
+                    jobs::table
+                        .find(job.job_id.to_string())
+                        .filter(jobs::status.eq(JobStatus::Running.as_str()))
+                        .filter(jobs::lease_owner.eq(&worker)),
+                )
+                .set((
+                    jobs::status.eq(status.as_str()),
+                    jobs::not_before.eq(not_before),
+                    jobs::error.eq(&error),
+                    jobs::lease_owner.eq(None::<String>),
+                    jobs::lease_until.eq(None::<i64>),
+                    jobs::updated_at.eq(now),
+                ))
+                .execute(c)?;
+                if updated == 0 {
+                    return Ok(None);
+                }
                 let doc_status = if status == JobStatus::Failed { DocumentStatus::Failed } else { DocumentStatus::Queued };
-                diesel::update(
+                let doc_id = job.document_id.to_string();
+                let current = diesel::update(
                     documents::table
-                        .find(job.document_id.to_string())
+                        .find(&doc_id)
                         .filter(documents::version.eq(job.document_version)),
                 )
                 .set((
@@ -741,8 +892,110 @@ impl MetadataStore for SqlStore {
                     documents::updated_at.eq(now),
                 ))
                 .execute(c)?;
-                Ok(status)
+                if current == 1 && status == JobStatus::Failed {
+                    diesel::delete(chunks::table.filter(chunks::document_id.eq(&doc_id))).execute(c)?;
+                    diesel::update(documents::table.find(&doc_id))
+                        .set(documents::chunk_count.eq(0))
+                        .execute(c)?;
+                }
+                Ok(Some(status))
             })
+        }))
+        .await
+    }
+
+    async fn inventory(&self) -> Result<Inventory, StorageError> {
+        self.blocking(|pool| with_conn!(pool, c => c.snapshot(|c| {
+            let rows: Vec<InventoryRow> = diesel::sql_query(
+                "SELECT d.id, d.collection, d.version, d.status, d.chunk_count, \
+                   CAST((SELECT COUNT(*) FROM chunks k WHERE k.document_id = d.id) AS BIGINT) AS stored_chunks, \
+                   CAST((SELECT COUNT(*) FROM jobs j WHERE j.document_id = d.id \
+                         AND j.status IN ('queued', 'running')) AS BIGINT) AS active_jobs \
+                 FROM documents d ORDER BY d.id",
+            )
+            .load(c)?;
+            let documents = rows
+                .into_iter()
+                .map(|r| {
+                    Ok(DocumentState {
+                        id: parse_uuid(&r.id)?,
+                        collection: r.collection,
+                        version: r.version,
+                        status: DocumentStatus::parse(&r.status)?,
+                        chunk_count: r.chunk_count,
+                        stored_chunks: r.stored_chunks,
+                        active_jobs: r.active_jobs,
+                    })
+                })
+                .collect::<Result<Vec<_>, StorageError>>()?;
+            let orphans: Vec<String> = chunks::table
+                .left_join(documents::table.on(documents::id.eq(chunks::document_id)))
+                .filter(documents::id.is_null())
+                .select(chunks::document_id)
+                .distinct()
+                .load(c)?;
+            // A lease runs out when its worker died; one expired for longer than a lease again
+            // means no live worker took the job over.
+            let stale = now_ms() - 60_000;
+            let stuck: Vec<String> = jobs::table
+                .filter(jobs::status.eq(JobStatus::Running.as_str()))
+                .filter(jobs::lease_until.lt(stale))
+                .select(jobs::id)
+                .load(c)?;
+            Ok(Inventory {
+                documents,
+                orphan_chunk_documents: orphans.iter().map(|s| parse_uuid(s)).collect::<Result<_, _>>()?,
+                stuck_jobs: stuck.iter().map(|s| parse_uuid(s)).collect::<Result<_, _>>()?,
+            })
+        })))
+        .await
+    }
+
+    async fn reindex(&self, id: Uuid) -> Result<bool, StorageError> {
+        self.blocking(move |pool| with_conn!(pool, c => {
+            c.write_txn(|c| {
+                let now = now_ms();
+                let id = id.to_string();
+                let Some(version) = documents::table
+                    .find(&id)
+                    .select(documents::version)
+                    .first::<i64>(c)
+                    .optional()?
+                else {
+                    return Ok(false);
+                };
+                diesel::update(
+                    jobs::table
+                        .filter(jobs::document_id.eq(&id))
+                        .filter(jobs::status.eq_any([JobStatus::Queued.as_str(), JobStatus::Running.as_str()])),
+                )
+                .set((
+                    jobs::status.eq(JobStatus::Failed.as_str()),
+                    jobs::error.eq("replaced by a repair re-index"),
+                    jobs::lease_owner.eq(None::<String>),
+                    jobs::lease_until.eq(None::<i64>),
+                    jobs::updated_at.eq(now),
+                ))
+                .execute(c)?;
+                diesel::insert_into(jobs::table)
+                    .values(new_job_row(&id, version, Some("verify-repair".into()), now))
+                    .execute(c)?;
+                diesel::update(documents::table.find(&id))
+                    .set((documents::status.eq(DocumentStatus::Queued.as_str()), documents::updated_at.eq(now)))
+                    .execute(c)?;
+                Ok(true)
+            })
+        }))
+        .await
+    }
+
+    async fn delete_orphan_chunks(&self) -> Result<u64, StorageError> {
+        self.blocking(|pool| with_conn!(pool, c => {
+            let n = diesel::sql_query(
+                "DELETE FROM chunks WHERE NOT EXISTS (SELECT 1 FROM documents d WHERE d.id = chunks.document_id)",
+            )
+            .execute(c)?;
+            Ok(n as u64)
         }))
         .await
     }
@@ -818,6 +1071,18 @@ impl MetadataStore for SqlStore {
         .await
     }
 
+    async fn compact(&self) -> Result<(), StorageError> {
+        self.blocking(|pool| match pool {
+            Pool::Sqlite(pool) => {
+                let mut c = pool.get().map_err(|e| StorageError::Pool(e.to_string()))?;
+                c.batch_execute("PRAGMA wal_checkpoint(TRUNCATE)")?;
+                Ok(())
+            }
+            Pool::Postgres(_) => Ok(()),
+        })
+        .await
+    }
+
     fn backend(&self) -> &'static str {
         match self.pool {
             Pool::Sqlite(_) => "sqlite",
@@ -852,25 +1117,7 @@ impl DocumentStore for SqlStore {
     ) -> Result<(), StorageError> {
         self.blocking(move |pool| {
             with_conn!(pool, c => {
-                c.write_txn(|c| {
-                    let doc = document_id.to_string();
-                    diesel::delete(chunks::table.filter(chunks::document_id.eq(&doc))).execute(c)?;
-                    let rows: Vec<ChunkRow> = new_chunks
-                        .iter()
-                        .map(|ch| ChunkRow {
-                            id: ch.id.to_string(),
-                            document_id: doc.clone(),
-                            chunk_index: ch.chunk_index,
-                            text: ch.text.clone(),
-                            token_count: ch.token_count,
-                        })
-                        .collect();
-                    // Bounded statements: SQLite caps bind parameters per statement.
-                    for batch in rows.chunks(500) {
-                        diesel::insert_into(chunks::table).values(batch).execute(c)?;
-                    }
-                    Ok(())
-                })
+                c.write_txn(|c| write_chunks!(c, &document_id.to_string(), &new_chunks))
             })
         })
         .await

@@ -62,6 +62,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    deletions (document_id) {
+        document_id -> Text,
+        collection -> Text,
+        deleted_at -> BigInt,
+        attempts -> Integer,
+        last_error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
     users (id) {
         id -> Text,
         email -> Text,

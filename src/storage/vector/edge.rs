@@ -14,21 +14,35 @@
 //! same gate, so the flush never races the locks it would panic on and an acknowledged write
 //! survives SIGKILL. Searches and counts take only the engine's own read locks and skip the gate.
 //!
+//! The same release never truncates its WAL either (its `ack` is private): left alone the log grows
+//! by every write forever and keeps the titles and metadata of deleted documents. The WAL cannot
+//! simply be deleted: its entry numbers are the operation versions the segments compare updates
+//! against, and a log restarted at 0 would have every later update ignored. So the WAL is kept in
+//! small segments ([`WAL_SEGMENT_BYTES`]) and pruned the way its own `ack` would prune it: with the
+//! shard closed (at open, and when [`VectorIndex::optimize`] reopens it after deletes or once the
+//! log passes [`WAL_ROTATE_BYTES`]), every closed segment but the newest is removed, which keeps
+//! the numbering. Optimize also vacuums every segment with deleted points, so a deleted document's
+//! payload leaves the segment files. (qdrant-edge 0.9 replays and acknowledges its WAL itself;
+//! this project pins 0.7.2.)
+//!
 //! Every engine call blocks (file I/O, index builds), so each one runs on the blocking pool.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::{
-    Condition, CountRequest, CreateIndex, Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParams,
-    EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, Fusion, JsonPath, Match,
-    Modifier, NamedQuery, Payload, PayloadFieldSchema, PayloadSchemaType, PointId,
+    Condition, CountRequest, CreateIndex, Distance, EdgeConfig, EdgeOptimizersConfig, EdgeShard,
+    EdgeSparseVectorParams, EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, Fusion,
+    JsonPath, Match, Modifier, NamedQuery, Payload, PayloadFieldSchema, PayloadSchemaType, PointId,
     PointInsertOperations, PointOperations, PointStructPersisted, Prefetch, QueryEnum,
-    QueryRequest, ScoredPoint, ScoringQuery, SparseVector, UpdateOperation, VectorInternal,
-    VectorPersisted, VectorStructPersisted, WithPayloadInterface, WithVector,
+    QueryRequest, ScoredPoint, ScoringQuery, ScrollRequest, SparseVector, UpdateOperation,
+    VectorInternal, VectorPersisted, VectorStructPersisted, WalOptions, WithPayloadInterface,
+    WithVector,
 };
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -47,12 +61,36 @@ const INDEXED_FIELDS: [&str; 2] = ["document_id", "collection"];
 /// Where the document's user metadata sits in the payload; filter keys are relative to it.
 const METADATA_FIELD: &str = "metadata";
 
+/// The WAL is pruned once it holds this much (it is never read back; see the module docs).
+pub const WAL_ROTATE_BYTES: u64 = 32 << 20;
+/// Size of one WAL segment file: what pruning leaves is at most about two of them.
+pub const WAL_SEGMENT_BYTES: usize = 4 << 20;
+/// The engine's WAL directory inside the shard directory.
+const WAL_DIR: &str = "wal";
+/// Held (flock) by the process that has the index open.
+const LOCK_FILE: &str = "doc-rag.lock";
+
+/// The open shard; `None` only if reopening it after a WAL rotation failed.
+type Slot = Arc<RwLock<Option<Arc<EdgeShard>>>>;
+
 /// The Qdrant-edge vector index. Cheap to share behind an `Arc<dyn VectorIndex>`.
 pub struct EdgeVectorIndex {
-    shard: Arc<EdgeShard>,
-    /// Serialises every `update`+`flush` pair and `optimize`; see the module docs for why.
+    slot: Slot,
+    /// Serialises every `update`+`flush` pair, `optimize` and WAL rotation; see the module docs.
     write_gate: Arc<Mutex<()>>,
     dim: usize,
+    dir: PathBuf,
+    /// Set by deletes: the next maintenance vacuums and rotates the WAL.
+    deleted: Arc<AtomicBool>,
+    /// Our claim on the directory; WAL pruning touches files only while it is held.
+    _lock: std::fs::File,
+}
+
+fn current(slot: &Slot) -> Result<Arc<EdgeShard>, StorageError> {
+    slot.read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+        .ok_or_else(|| StorageError::Vector("the vector index could not be reopened".into()))
 }
 
 impl Drop for EdgeVectorIndex {
@@ -60,8 +98,11 @@ impl Drop for EdgeVectorIndex {
         // `EdgeShard` flushes when dropped and panics if that fails, which it does once its
         // directory is gone (a test's temporary data dir). Every write was flushed when it was
         // made, so skipping that last flush loses nothing: keep the shard alive instead.
-        if !self.shard.path().exists() {
-            std::mem::forget(Arc::clone(&self.shard));
+        let slot = self.slot.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(shard) = slot.as_ref()
+            && !shard.path().exists()
+        {
+            std::mem::forget(Arc::clone(shard));
         }
     }
 }
@@ -83,6 +124,9 @@ impl EdgeVectorIndex {
             ))
         })?;
 
+        let lock = lock_dir(dir)?;
+        // With the shard still closed, drop what the WAL kept from earlier runs (module docs).
+        prune_wal(dir)?;
         let config = shard_config(dim);
         let shard = if dir.join(EDGE_CONFIG_FILE).exists() {
             load_shard(dir, config)?
@@ -100,16 +144,19 @@ impl EdgeVectorIndex {
             }
         };
 
-        let index = Self {
-            shard: Arc::new(shard),
-            write_gate: Arc::new(Mutex::new(())),
-            dim,
-        };
         // Run on every open, not only on creation: creating an index that exists is a no-op, and
         // a shard created by an older build (or by hand) gets the indexes this way. The optimizer
         // carries them over to the segments it builds.
-        ensure_payload_indexes(&index.shard, &index.write_gate)?;
-        Ok(index)
+        let write_gate = Arc::new(Mutex::new(()));
+        ensure_payload_indexes(&shard, &write_gate)?;
+        Ok(Self {
+            slot: Arc::new(RwLock::new(Some(Arc::new(shard)))),
+            write_gate,
+            dim,
+            dir: dir.to_path_buf(),
+            deleted: Arc::new(AtomicBool::new(false)),
+            _lock: lock,
+        })
     }
 
     /// Runs `f` on the blocking pool with a handle to the shard.
@@ -118,8 +165,12 @@ impl EdgeVectorIndex {
         T: Send + 'static,
         F: FnOnce(&EdgeShard) -> Result<T, StorageError> + Send + 'static,
     {
-        let shard = Arc::clone(&self.shard);
-        tokio::task::spawn_blocking(move || f(&shard)).await?
+        let slot = Arc::clone(&self.slot);
+        tokio::task::spawn_blocking(move || {
+            let shard = current(&slot)?;
+            f(&shard)
+        })
+        .await?
     }
 
     /// Applies one update operation and flushes it to disk before returning.
@@ -129,11 +180,19 @@ impl EdgeVectorIndex {
         operation: UpdateOperation,
     ) -> Result<(), StorageError> {
         let gate = Arc::clone(&self.write_gate);
-        self.blocking(move |shard| {
+        let slot = Arc::clone(&self.slot);
+        // The gate before the shard: a rotation (which holds the gate) waits for every handle.
+        tokio::task::spawn_blocking(move || {
             let _gate = lock_gate(&gate);
-            apply_and_flush(shard, what, operation)
+            let shard = current(&slot)?;
+            apply_and_flush(&shard, what, operation)
         })
-        .await
+        .await?
+    }
+
+    /// Bytes in the WAL directory.
+    pub fn wal_bytes(&self) -> u64 {
+        dir_bytes(&self.dir.join(WAL_DIR))
     }
 
     fn check_dense(&self, what: &str, vector: &[f32]) -> Result<(), StorageError> {
@@ -168,7 +227,71 @@ impl VectorIndex for EdgeVectorIndex {
         let operation = UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(
             document_filter(document_id)?,
         ));
-        self.write("delete document", operation).await
+        self.write("delete document", operation).await?;
+        self.deleted.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn delete_other_versions(
+        &self,
+        document_id: Uuid,
+        keep: i64,
+    ) -> Result<(), StorageError> {
+        let mut filter = document_filter(document_id)?;
+        filter.must_not = Some(vec![version_condition(keep)?]);
+        let operation =
+            UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(filter));
+        self.write("delete other versions", operation).await?;
+        self.deleted.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn delete_version(&self, document_id: Uuid, version: i64) -> Result<(), StorageError> {
+        let mut filter = document_filter(document_id)?;
+        filter
+            .must
+            .get_or_insert_with(Vec::new)
+            .push(version_condition(version)?);
+        let operation =
+            UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(filter));
+        self.write("delete version", operation).await?;
+        self.deleted.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn inventory(&self) -> Result<HashMap<(Uuid, i64), u64>, StorageError> {
+        self.blocking(|shard| {
+            let fields = vec![json_path("document_id")?, json_path("version")?];
+            let mut counts: HashMap<(Uuid, i64), u64> = HashMap::new();
+            let mut offset = None;
+            loop {
+                let (records, next) = shard
+                    .scroll(ScrollRequest {
+                        offset,
+                        limit: Some(1024),
+                        filter: None,
+                        with_payload: Some(WithPayloadInterface::Fields(fields.clone())),
+                        with_vector: WithVector::Bool(false),
+                        order_by: None,
+                    })
+                    .map_err(|e| engine_err("scroll", e))?;
+                for record in records {
+                    let payload = record.payload.map(|Payload(map)| map).unwrap_or_default();
+                    let document = payload
+                        .get("document_id")
+                        .and_then(Value::as_str)
+                        .and_then(|s| Uuid::parse_str(s).ok())
+                        .unwrap_or(Uuid::nil());
+                    let version = payload.get("version").and_then(Value::as_i64).unwrap_or(0);
+                    *counts.entry((document, version)).or_default() += 1;
+                }
+                match next {
+                    Some(next) => offset = Some(next),
+                    None => return Ok(counts),
+                }
+            }
+        })
+        .await
     }
 
     async fn search(&self, query: VectorQuery) -> Result<Vec<VectorHit>, StorageError> {
@@ -260,15 +383,25 @@ impl VectorIndex for EdgeVectorIndex {
 
     async fn optimize(&self) -> Result<(), StorageError> {
         let gate = Arc::clone(&self.write_gate);
-        self.blocking(move |shard| {
+        let slot = Arc::clone(&self.slot);
+        let deleted = Arc::clone(&self.deleted);
+        let dir = self.dir.clone();
+        let dim = self.dim;
+        tokio::task::spawn_blocking(move || {
             let _gate = lock_gate(&gate);
+            let shard = current(&slot)?;
             shard.optimize().map_err(|e| engine_err("optimize", e))?;
             // Optimized segments replace the old ones on disk; flushing persists the new set's
             // state (cheap: a few ms) so a restart sees exactly what searches saw.
             shard.flush();
+            drop(shard);
+            let after_delete = deleted.swap(false, Ordering::SeqCst);
+            if after_delete || dir_bytes(&dir.join(WAL_DIR)) > WAL_ROTATE_BYTES {
+                rotate_wal(&slot, &dir, dim)?;
+            }
             Ok(())
         })
-        .await
+        .await?
     }
 
     async fn health(&self) -> Result<(), StorageError> {
@@ -320,8 +453,113 @@ impl EdgeVectorIndex {
     }
 }
 
+/// Must run under the write gate: no write or optimize can start, and searches wait for the
+/// slot, so once the in-flight ones drop their handles the shard can be closed and reopened.
+fn rotate_wal(slot: &Slot, dir: &Path, dim: usize) -> Result<(), StorageError> {
+    let mut guard = slot.write().unwrap_or_else(PoisonError::into_inner);
+    let Some(shard) = guard.take() else {
+        return Err(StorageError::Vector("the vector index is not open".into()));
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut shard = Some(shard);
+    while let Some(s) = shard.take() {
+        match Arc::try_unwrap(s) {
+            // Dropping flushes (already flushed) and releases the directory.
+            Ok(owned) => drop(owned),
+            Err(shared) if Instant::now() < deadline => {
+                shard = Some(shared);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(shared) => {
+                // A search holds on for 30 s: keep serving, rotate next time.
+                *guard = Some(shared);
+                return Ok(());
+            }
+        }
+    }
+    let before = dir_bytes(&dir.join(WAL_DIR));
+    let pruned = prune_wal(dir);
+    // Reopen whatever happened: the index must keep serving.
+    let reopened = load_shard(dir, shard_config(dim))?;
+    *guard = Some(Arc::new(reopened));
+    pruned?;
+    let after = dir_bytes(&dir.join(WAL_DIR));
+    tracing::info!(
+        module = "storage",
+        wal_bytes_before = before,
+        wal_bytes_after = after,
+        "vector index WAL pruned"
+    );
+    Ok(())
+}
+
+/// Claims the directory for this process (a second doc-rag on the same data dir fails here).
+fn lock_dir(dir: &Path) -> Result<std::fs::File, StorageError> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StorageError::Vector(format!("cannot open {}: {e}", path.display())))?;
+    file.try_lock().map_err(|e| {
+        StorageError::Vector(format!(
+            "the vector index at {} is in use by another process ({e})",
+            dir.display()
+        ))
+    })?;
+    Ok(file)
+}
+
+/// Removes every closed WAL segment but the newest. Only while the shard is closed: the engine
+/// numbers entries from the closed segments, and the newest one carries the numbering on.
+fn prune_wal(dir: &Path) -> Result<(), StorageError> {
+    let wal = dir.join(WAL_DIR);
+    let entries = match std::fs::read_dir(&wal) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StorageError::Vector(format!("{}: {e}", wal.display()))),
+    };
+    let mut closed: Vec<(u64, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let start = name.strip_prefix("closed-")?.parse().ok()?;
+            Some((start, e.path()))
+        })
+        .collect();
+    closed.sort();
+    closed.pop();
+    for (_, path) in closed {
+        std::fs::remove_file(&path)
+            .map_err(|e| StorageError::Vector(format!("{}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
 fn shard_config(dim: usize) -> EdgeConfig {
     EdgeConfig::builder()
+        .wal_options(WalOptions {
+            segment_capacity: WAL_SEGMENT_BYTES,
+            ..Default::default()
+        })
+        // Vacuum any segment with deleted points: a deleted document's payload (title, metadata)
+        // must leave the disk at the next maintenance, not when a fifth of a segment is gone.
+        .optimizers(EdgeOptimizersConfig {
+            deleted_threshold: Some(0.0),
+            vacuum_min_vector_number: Some(1),
+            ..Default::default()
+        })
         .vector(
             DENSE_VECTOR,
             EdgeVectorParams::builder(dim, Distance::Cosine).build(),
@@ -460,6 +698,13 @@ fn document_filter(document_id: Uuid) -> Result<Filter, StorageError> {
         "document_id",
         document_id.to_string(),
     )?))
+}
+
+fn version_condition(version: i64) -> Result<Condition, StorageError> {
+    Ok(Condition::Field(FieldCondition::new_match(
+        json_path("version")?,
+        Match::from(version),
+    )))
 }
 
 fn keyword_condition(field: &str, value: String) -> Result<Condition, StorageError> {
@@ -613,6 +858,7 @@ mod tests {
                         document_id: self.id,
                         collection: self.collection.into(),
                         chunk_index: i as u32,
+                        version: 1,
                         title: format!("chunk {i}"),
                         metadata: metadata.clone(),
                     },
@@ -1070,6 +1316,103 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn version_scoped_deletes_and_the_inventory() {
+        let dir = tempfile::tempdir().unwrap();
+        let x = [1.0, 0.0, 0.0, 0.0];
+        let doc = Doc::new("c", json!({}), vec![(x, "one"), (x, "two")]);
+        let other = Doc::new("c", json!({}), vec![(x, "other")]);
+        let index = index_with(dir.path(), &[&other]).await;
+        let bm25 = bm25();
+        for version in [1, 2, 3] {
+            let points = doc
+                .points(&bm25)
+                .into_iter()
+                .map(|mut p| {
+                    p.id = crate::storage::chunk_id(doc.id, version, p.payload.chunk_index);
+                    p.payload.version = version;
+                    p
+                })
+                .collect();
+            index.upsert(points).await.unwrap();
+        }
+        let inventory = index.inventory().await.unwrap();
+        assert_eq!(inventory.len(), 4, "{inventory:?}");
+        assert_eq!(inventory[&(doc.id, 2)], 2);
+        assert_eq!(inventory[&(other.id, 1)], 1);
+
+        index.delete_version(doc.id, 1).await.unwrap();
+        assert_eq!(index.count_document(doc.id).await.unwrap(), 4);
+        index.delete_other_versions(doc.id, 3).await.unwrap();
+        let inventory = index.inventory().await.unwrap();
+        assert_eq!(
+            inventory
+                .keys()
+                .filter(|(d, _)| *d == doc.id)
+                .collect::<Vec<_>>(),
+            vec![&(doc.id, 3)]
+        );
+        assert_eq!(
+            inventory[&(other.id, 1)],
+            1,
+            "other documents are untouched"
+        );
+    }
+
+    fn closed_wal_segments(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join(WAL_DIR))
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("closed-"))
+            .count()
+    }
+
+    /// The WAL is pruned to its newest closed segment, and the engine keeps numbering operations
+    /// on from there: updates after a prune (which a log restarted at 0 would have ignored) apply.
+    #[tokio::test]
+    async fn the_wal_is_pruned_and_updates_after_a_prune_still_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = EdgeVectorIndex::open(dir.path(), DIM).unwrap();
+        let bm25 = bm25();
+        let x = [1.0, 0.0, 0.0, 0.0];
+        let long = "padding words ".repeat(300);
+        let mut docs = Vec::new();
+        for _ in 0..200 {
+            let doc = Doc::new("c", json!({ "pad": long }), vec![(x, "busy words"); 20]);
+            index.upsert(doc.points(&bm25)).await.unwrap();
+            docs.push(doc);
+        }
+        assert!(closed_wal_segments(dir.path()) > 1, "the log grew");
+        index.delete_document(docs[0].id).await.unwrap();
+        index.optimize().await.unwrap();
+        assert!(closed_wal_segments(dir.path()) <= 1);
+        assert!(
+            index.wal_bytes() <= 3 * WAL_SEGMENT_BYTES as u64,
+            "{}",
+            index.wal_bytes()
+        );
+        assert_eq!(index.count().await.unwrap(), 199 * 20);
+
+        index.delete_document(docs[1].id).await.unwrap();
+        assert_eq!(
+            index.count_document(docs[1].id).await.unwrap(),
+            0,
+            "applied after the prune"
+        );
+        let again = Doc::new("c", json!({}), vec![(x, "fresh words"); 3]);
+        index.upsert(again.points(&bm25)).await.unwrap();
+        assert_eq!(index.count().await.unwrap(), 198 * 20 + 3);
+        drop(index);
+        let index = EdgeVectorIndex::open(dir.path(), DIM).unwrap();
+        assert_eq!(
+            index.count().await.unwrap(),
+            198 * 20 + 3,
+            "and survive a reopen"
+        );
+        index.delete_document(docs[2].id).await.unwrap();
+        assert_eq!(index.count().await.unwrap(), 197 * 20 + 3);
+    }
+
+    #[tokio::test]
     async fn reopening_keeps_the_points() {
         let dir = tempfile::tempdir().unwrap();
         let (near, close, far) = trio();
@@ -1112,7 +1455,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (near, _, _) = trio();
         let indexed = |index: &EdgeVectorIndex| {
-            let schema = index.shard.info().payload_schema;
+            let schema = current(&index.slot).unwrap().info().payload_schema;
             INDEXED_FIELDS.map(|f| schema.contains_key(&json_path(f).unwrap()))
         };
         let index = index_with(dir.path(), &[&near]).await;
@@ -1128,7 +1471,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index = EdgeVectorIndex::open(dir.path(), DIM).unwrap();
         match EdgeVectorIndex::open(dir.path(), DIM) {
-            Err(StorageError::Vector(msg)) => assert!(msg.contains("cannot load"), "{msg}"),
+            Err(StorageError::Vector(msg)) => assert!(msg.contains("in use"), "{msg}"),
             Err(other) => panic!("unexpected error {other:?}"),
             Ok(_) => panic!("opened a shard that is in use"),
         }

@@ -6,6 +6,8 @@
 
 pub mod edge;
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -26,6 +28,10 @@ pub struct ChunkPayload {
     pub document_id: Uuid,
     pub collection: String,
     pub chunk_index: u32,
+    /// The document version the chunk belongs to; points of any other version than the live one
+    /// are removed when a version goes live. Points written before versions were recorded read 0.
+    #[serde(default)]
+    pub version: i64,
     pub title: String,
     /// The document's user metadata (a JSON object).
     pub metadata: Map<String, Value>,
@@ -90,6 +96,13 @@ pub trait VectorIndex: Send + Sync + 'static {
     async fn upsert(&self, points: Vec<IndexPoint>) -> Result<(), StorageError>;
     /// Remove every point of a document.
     async fn delete_document(&self, document_id: Uuid) -> Result<(), StorageError>;
+    /// Remove the document's points of every version but `keep` (a version went live).
+    async fn delete_other_versions(&self, document_id: Uuid, keep: i64)
+    -> Result<(), StorageError>;
+    /// Remove the document's points of one version (a stale worker's output).
+    async fn delete_version(&self, document_id: Uuid, version: i64) -> Result<(), StorageError>;
+    /// Points held per (document, version), for `verify`.
+    async fn inventory(&self) -> Result<HashMap<(Uuid, i64), u64>, StorageError>;
     /// Ranked hits, best first, at most `query.limit`.
     async fn search(&self, query: VectorQuery) -> Result<Vec<VectorHit>, StorageError>;
     /// Number of points held.

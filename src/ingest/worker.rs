@@ -1,0 +1,321 @@
+//! The worker loop: claim a job with a lease, keep the lease while working, record the outcome.
+//!
+//! Workers are supervised: a worker task that ends (a panic in a dependency, say) is logged and
+//! restarted, and [`IngestService::health`](super::Ingestor::health) reports fewer live workers
+//! than configured until it is. Attempts are counted when a job is claimed, so a job whose every
+//! attempt kills its worker is failed after `max_attempts` (a poison job) instead of looping.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::IngestService;
+use crate::config::IngestSettings;
+use crate::storage::{ClaimedJob, JobStatus, StorageError};
+
+/// Why a job attempt failed, and whether trying again can help.
+pub(super) struct JobFailure {
+    pub message: String,
+    pub retry: bool,
+}
+
+impl JobFailure {
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retry: false,
+        }
+    }
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retry: true,
+        }
+    }
+}
+
+impl From<StorageError> for JobFailure {
+    fn from(e: StorageError) -> Self {
+        JobFailure::transient(e.to_string())
+    }
+}
+
+/// How long a failed job waits before its next attempt: doubling from `retry_base_ms` with each
+/// attempt up to `retry_max_ms`, then a random half of it taken off, so jobs that failed together
+/// (an outage) do not all come back at once.
+pub fn retry_delay(attempt: i32, s: &IngestSettings) -> Duration {
+    let exponent = attempt.clamp(1, 31) as u32 - 1;
+    let full = s
+        .retry_base_ms
+        .saturating_mul(1u64 << exponent.min(30))
+        .min(s.retry_max_ms);
+    let mut bytes = [0u8; 8];
+    let jitter = match getrandom::fill(&mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes) % (full / 2 + 1),
+        Err(_) => 0,
+    };
+    Duration::from_millis(full - jitter)
+}
+
+impl IngestService {
+    /// Starts the supervisor of the worker tasks; everything stops when `shutdown` turns true.
+    pub fn spawn_workers(
+        self: &Arc<Self>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let this = Arc::clone(self);
+        // Counted before the supervisor first runs, so /ready is right from the start.
+        this.alive.store(this.settings.workers, Ordering::SeqCst);
+        vec![tokio::spawn(async move { this.supervise(shutdown).await })]
+    }
+
+    async fn supervise(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut set = JoinSet::new();
+        let mut ids = std::collections::HashMap::new();
+        for n in 0..self.settings.workers {
+            let id = self.start_worker(&mut set, n, shutdown.clone());
+            ids.insert(id, n);
+        }
+        loop {
+            let ended = tokio::select! {
+                ended = set.join_next_with_id() => ended,
+                _ = shutdown.changed() => None,
+            };
+            if *shutdown.borrow() {
+                // Let each worker finish its step; they watch the same signal.
+                while set.join_next().await.is_some() {}
+                self.alive.store(0, Ordering::SeqCst);
+                return;
+            }
+            let Some(ended) = ended else { continue };
+            self.alive.fetch_sub(1, Ordering::SeqCst);
+            let (id, why) = match ended {
+                Ok((id, ())) => (id, "returned".to_string()),
+                Err(e) => (
+                    e.id(),
+                    if e.is_panic() {
+                        "panicked".into()
+                    } else {
+                        e.to_string()
+                    },
+                ),
+            };
+            let n = ids.remove(&id).unwrap_or(0);
+            metrics::counter!("ingest_worker_restarts_total").increment(1);
+            tracing::error!(
+                module = "ingest",
+                worker = n,
+                why,
+                "ingest worker ended; restarting it"
+            );
+            // A worker that dies at once would spin: pause a moment first.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            self.alive.fetch_add(1, Ordering::SeqCst);
+            let id = self.start_worker(&mut set, n, shutdown.clone());
+            ids.insert(id, n);
+        }
+    }
+
+    fn start_worker(
+        self: &Arc<Self>,
+        set: &mut JoinSet<()>,
+        n: usize,
+        shutdown: watch::Receiver<bool>,
+    ) -> tokio::task::Id {
+        let this = Arc::clone(self);
+        set.spawn(async move { this.worker_loop(n, shutdown).await })
+            .id()
+    }
+
+    async fn worker_loop(self: Arc<Self>, n: usize, mut shutdown: watch::Receiver<bool>) {
+        let lease = Duration::from_secs(self.settings.lease_secs);
+        let poll = Duration::from_millis(self.settings.poll_interval_ms);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            match self
+                .storage
+                .metadata
+                .claim_job(&self.worker_id, lease)
+                .await
+            {
+                Ok(Some(job)) if job.attempts > self.settings.max_attempts => {
+                    self.give_up(job).await;
+                }
+                Ok(Some(job)) => {
+                    let span = tracing::info_span!(
+                        "job",
+                        module = "ingest",
+                        worker = n,
+                        job_id = %job.job_id,
+                        document_id = %job.document_id,
+                        request_id = job.request_id.as_deref().unwrap_or("-"),
+                    );
+                    self.run_job(job).instrument(span).await;
+                }
+                Ok(None) => {
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(poll) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+                Err(e) => {
+                    // Every worker sees the same outage; one report is enough. A cancelled
+                    // blocking task means the runtime is stopping: nothing to report.
+                    if n == 0 && !matches!(e, StorageError::Join(_)) {
+                        tracing::warn!(module = "ingest", error = %e, "cannot claim a job");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(poll * 2) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// A job claimed more often than `max_attempts` lost every earlier worker (crash, kill,
+    /// lease lost) before it could record a failure: a poison job. Fail it instead of looping.
+    async fn give_up(&self, job: ClaimedJob) {
+        let message = format!(
+            "gave up after {} attempts: each attempt ended without finishing (the worker died or \
+             lost its lease)",
+            job.attempts - 1
+        );
+        self.record_failure(&job, JobFailure::permanent(message))
+            .await;
+        let _ = self.done.send(job.job_id);
+    }
+
+    async fn run_job(&self, job: ClaimedJob) {
+        let started = Instant::now();
+        let lease = Duration::from_secs(self.settings.lease_secs);
+        // Keep the lease while working so no other worker takes the job over.
+        let renew = async {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                match self
+                    .storage
+                    .metadata
+                    .renew_lease(job.job_id, &self.worker_id, lease)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => tracing::warn!(error = %e, "cannot renew the job lease"),
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            r = self.process(&job) => r,
+            _ = renew => Err(JobFailure::transient("lost the job lease")),
+        };
+        match outcome {
+            Ok(chunks) => {
+                metrics::counter!("ingest_documents_total", "status" => "done").increment(1);
+                metrics::counter!("ingest_chunks_total").increment(chunks as u64);
+                metrics::histogram!("ingest_job_seconds").record(started.elapsed().as_secs_f64());
+                tracing::info!(
+                    chunks,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "document indexed"
+                );
+            }
+            Err(failure) => self.record_failure(&job, failure).await,
+        }
+        let _ = self.done.send(job.job_id);
+    }
+
+    /// Records a failed attempt (fenced: only while this worker holds the job). A final failure
+    /// also removes the document's vectors: a failed document is not searchable.
+    async fn record_failure(&self, job: &ClaimedJob, failure: JobFailure) {
+        let retry_in = failure
+            .retry
+            .then(|| retry_delay(job.attempts, &self.settings));
+        let status = self
+            .storage
+            .metadata
+            .fail_job(
+                job,
+                &self.worker_id,
+                &failure.message,
+                retry_in,
+                self.settings.max_attempts,
+            )
+            .await;
+        match status {
+            Ok(Some(JobStatus::Queued)) => {
+                tracing::warn!(error = %failure.message, attempt = job.attempts, "job failed; will retry");
+            }
+            Ok(Some(_)) => {
+                metrics::counter!("ingest_documents_total", "status" => "failed").increment(1);
+                tracing::warn!(error = %failure.message, "job failed");
+                if let Err(e) = self.drop_failed_vectors(job).await {
+                    tracing::warn!(error = %e, "cannot remove the failed document's vectors; verify --repair removes them");
+                }
+            }
+            Ok(None) => {
+                tracing::info!(error = %failure.message, "job failed after it was taken over; nothing recorded");
+            }
+            Err(e) => tracing::error!(error = %e, "cannot record the job failure"),
+        }
+    }
+}
+
+impl IngestService {
+    /// Points of the failed version go; when that version is still the document's, every point of
+    /// the document goes (earlier versions' too: the failed document is not searchable). A newer
+    /// version's points are never touched.
+    async fn drop_failed_vectors(&self, job: &ClaimedJob) -> Result<(), StorageError> {
+        let current = self.storage.metadata.get_document(job.document_id).await?;
+        match current {
+            Some(doc) if doc.version == job.document_version => {
+                self.storage.vectors.delete_document(job.document_id).await
+            }
+            _ => {
+                self.storage
+                    .vectors
+                    .delete_version(job.document_id, job.document_version)
+                    .await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    #[test]
+    fn retry_delays_double_up_to_the_cap_with_up_to_half_taken_off() {
+        let s = Settings::defaults_with(&[
+            ("ingest.retry_base_ms".into(), "1000".into()),
+            ("ingest.retry_max_ms".into(), "10000".into()),
+        ])
+        .unwrap()
+        .ingest;
+        for (attempt, full) in [
+            (1, 1000),
+            (2, 2000),
+            (3, 4000),
+            (4, 8000),
+            (5, 10000),
+            (40, 10000),
+        ] {
+            for _ in 0..50 {
+                let d = retry_delay(attempt, &s).as_millis() as u64;
+                assert!((full / 2..=full).contains(&d), "attempt {attempt}: {d} ms");
+            }
+        }
+        let spread: std::collections::HashSet<u128> =
+            (0..50).map(|_| retry_delay(4, &s).as_millis()).collect();
+        assert!(spread.len() > 10, "jittered: {spread:?}");
+    }
+}
