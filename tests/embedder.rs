@@ -155,3 +155,25 @@ async fn a_query_flood_does_not_starve_ingestion() {
     assert!(served > 0);
     println!("{served} flood queries served while 256 texts were embedded");
 }
+
+/// Readiness asks the model thread nothing: `health` answers while a bulk request is still being
+/// embedded (it used to queue a probe inference behind it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_does_not_wait_for_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings::for_tests(dir.path(), &common::model_dir(), &[]).unwrap();
+    let embedder = embedder::load(&settings.embedder).await.unwrap();
+    let texts: Vec<String> = (0..400)
+        .map(|i| format!("{i} a fairly long sentence to embed in bulk. ").repeat(8))
+        .collect();
+    let bulk = {
+        let embedder = embedder.clone();
+        tokio::spawn(async move { embedder.embed(texts, Priority::Ingest).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    for _ in 0..20 {
+        embedder.health().await.unwrap();
+    }
+    assert!(!bulk.is_finished(), "health answered while the bulk request was running");
+    assert_eq!(bulk.await.unwrap().unwrap().len(), 400);
+}

@@ -5,8 +5,9 @@
 //! than configured until it is. Attempts are counted when a job is claimed, so a job whose every
 //! attempt kills its worker is failed after `max_attempts` (a poison job) instead of looping.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -73,62 +74,13 @@ impl IngestService {
         vec![tokio::spawn(async move { this.supervise(shutdown).await })]
     }
 
-    async fn supervise(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut set = JoinSet::new();
-        let mut ids = std::collections::HashMap::new();
-        for n in 0..self.settings.workers {
-            let id = self.start_worker(&mut set, n, shutdown.clone());
-            ids.insert(id, n);
-        }
-        loop {
-            let ended = tokio::select! {
-                ended = set.join_next_with_id() => ended,
-                _ = shutdown.changed() => None,
-            };
-            if *shutdown.borrow() {
-                // Let each worker finish its step; they watch the same signal.
-                while set.join_next().await.is_some() {}
-                self.alive.store(0, Ordering::SeqCst);
-                return;
-            }
-            let Some(ended) = ended else { continue };
-            self.alive.fetch_sub(1, Ordering::SeqCst);
-            let (id, why) = match ended {
-                Ok((id, ())) => (id, "returned".to_string()),
-                Err(e) => (
-                    e.id(),
-                    if e.is_panic() {
-                        "panicked".into()
-                    } else {
-                        e.to_string()
-                    },
-                ),
-            };
-            let n = ids.remove(&id).unwrap_or(0);
-            metrics::counter!("ingest_worker_restarts_total").increment(1);
-            tracing::error!(
-                module = "ingest",
-                worker = n,
-                why,
-                "ingest worker ended; restarting it"
-            );
-            // A worker that dies at once would spin: pause a moment first.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            self.alive.fetch_add(1, Ordering::SeqCst);
-            let id = self.start_worker(&mut set, n, shutdown.clone());
-            ids.insert(id, n);
-        }
-    }
-
-    fn start_worker(
-        self: &Arc<Self>,
-        set: &mut JoinSet<()>,
-        n: usize,
-        shutdown: watch::Receiver<bool>,
-    ) -> tokio::task::Id {
-        let this = Arc::clone(self);
-        set.spawn(async move { this.worker_loop(n, shutdown).await })
-            .id()
+    async fn supervise(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let this = Arc::clone(&self);
+        let rx = shutdown.clone();
+        supervise(self.settings.workers, &self.alive, shutdown, move |n| {
+            Arc::clone(&this).worker_loop(n, rx.clone())
+        })
+        .await;
     }
 
     async fn worker_loop(self: Arc<Self>, n: usize, mut shutdown: watch::Receiver<bool>) {
@@ -268,6 +220,57 @@ impl IngestService {
     }
 }
 
+/// Runs `workers` tasks made by `start(n)`, restarting any that ends (returns or panics) until
+/// `shutdown` turns true, then waits for all of them. `alive` counts the running ones for /ready.
+pub(super) async fn supervise<F, Fut>(
+    workers: usize,
+    alive: &AtomicUsize,
+    mut shutdown: watch::Receiver<bool>,
+    start: F,
+) where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut set = JoinSet::new();
+    let mut ids = HashMap::new();
+    for n in 0..workers {
+        ids.insert(set.spawn(start(n)).id(), n);
+    }
+    loop {
+        let ended = tokio::select! {
+            ended = set.join_next_with_id() => ended,
+            _ = shutdown.changed() => None,
+        };
+        if *shutdown.borrow() {
+            // Let each worker finish its step; they watch the same signal.
+            while set.join_next().await.is_some() {}
+            alive.store(0, Ordering::SeqCst);
+            return;
+        }
+        let Some(ended) = ended else { continue };
+        alive.fetch_sub(1, Ordering::SeqCst);
+        let (id, why) = match ended {
+            Ok((id, ())) => (id, "returned".to_string()),
+            Err(e) if e.is_panic() => (e.id(), "panicked".to_string()),
+            Err(e) => (e.id(), e.to_string()),
+        };
+        let n = ids.remove(&id).unwrap_or(0);
+        metrics::counter!("ingest_worker_restarts_total").increment(1);
+        tracing::error!(
+            module = "ingest",
+            worker = n,
+            why,
+            "ingest worker ended; restarting it"
+        );
+        // A worker that dies at once would spin: pause a moment first.
+        tokio::time::sleep(RESTART_PAUSE).await;
+        alive.fetch_add(1, Ordering::SeqCst);
+        ids.insert(set.spawn(start(n)).id(), n);
+    }
+}
+
+const RESTART_PAUSE: Duration = Duration::from_millis(500);
+
 impl IngestService {
     /// Points of the failed version go; when that version is still the document's, every point of
     /// the document goes (earlier versions' too: the failed document is not searchable). A newer
@@ -292,6 +295,44 @@ impl IngestService {
 mod tests {
     use super::*;
     use crate::config::Settings;
+
+    /// A worker that panics is restarted; the count of live workers dips and comes back; on
+    /// shutdown every worker is awaited.
+    #[tokio::test]
+    async fn the_supervisor_restarts_a_worker_that_panics() {
+        let alive = Arc::new(AtomicUsize::new(3));
+        let starts = Arc::new(AtomicUsize::new(0));
+        let (stop, shutdown) = watch::channel(false);
+        let supervisor = {
+            let (alive, starts, shutdown) = (alive.clone(), starts.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let rx = shutdown.clone();
+                supervise(3, &alive, shutdown, move |n| {
+                    let first = starts.fetch_add(1, Ordering::SeqCst) < 3;
+                    let mut rx = rx.clone();
+                    async move {
+                        if n == 1 && first {
+                            panic!("worker {n} dies");
+                        }
+                        let _ = rx.wait_for(|stop| *stop).await;
+                    }
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(RESTART_PAUSE / 5).await;
+        assert_eq!(
+            alive.load(Ordering::SeqCst),
+            2,
+            "the dead worker is not counted"
+        );
+        tokio::time::sleep(RESTART_PAUSE * 2).await;
+        assert_eq!(alive.load(Ordering::SeqCst), 3, "restarted");
+        assert_eq!(starts.load(Ordering::SeqCst), 4);
+        stop.send(true).unwrap();
+        supervisor.await.unwrap();
+        assert_eq!(alive.load(Ordering::SeqCst), 0);
+    }
 
     #[test]
     fn retry_delays_double_up_to_the_cap_with_up_to_half_taken_off() {

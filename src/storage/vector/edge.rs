@@ -64,7 +64,7 @@ const METADATA_FIELD: &str = "metadata";
 /// The WAL is pruned once it holds this much (it is never read back; see the module docs).
 pub const WAL_ROTATE_BYTES: u64 = 32 << 20;
 /// Size of one WAL segment file: what pruning leaves is at most about two of them.
-pub const WAL_SEGMENT_BYTES: usize = 4 << 20;
+pub const WAL_SEGMENT_BYTES: usize = 1 << 20;
 /// The engine's WAL directory inside the shard directory.
 const WAL_DIR: &str = "wal";
 /// Held (flock) by the process that has the index open.
@@ -394,8 +394,13 @@ impl VectorIndex for EdgeVectorIndex {
             // Optimized segments replace the old ones on disk; flushing persists the new set's
             // state (cheap: a few ms) so a restart sees exactly what searches saw.
             shard.flush();
-            drop(shard);
             let after_delete = deleted.swap(false, Ordering::SeqCst);
+            if after_delete {
+                // Push the entries that still name deleted documents out of the segments
+                // pruning keeps.
+                flush_out_wal(&shard)?;
+            }
+            drop(shard);
             if after_delete || dir_bytes(&dir.join(WAL_DIR)) > WAL_ROTATE_BYTES {
                 rotate_wal(&slot, &dir, dim)?;
             }
@@ -490,6 +495,24 @@ fn rotate_wal(slot: &Slot, dir: &Path, dim: usize) -> Result<(), StorageError> {
         wal_bytes_after = after,
         "vector index WAL pruned"
     );
+    Ok(())
+}
+
+/// Appends two log entries each larger than a WAL segment: a delete of ids that cannot exist
+/// (random UUIDs), which changes nothing. Each closes the segment before it, so after pruning the
+/// two segments left hold only these, and no earlier entry (a deleted document's title, say)
+/// stays on disk. Must run under the write gate.
+fn flush_out_wal(shard: &EdgeShard) -> Result<(), StorageError> {
+    for _ in 0..2 {
+        let ids = (0..WAL_SEGMENT_BYTES / 16)
+            .map(|_| PointId::Uuid(Uuid::new_v4()))
+            .collect();
+        let filler = UpdateOperation::PointOperation(PointOperations::DeletePoints { ids });
+        shard
+            .update(filler)
+            .map_err(|e| engine_err("flush out the WAL", e))?;
+    }
+    shard.flush();
     Ok(())
 }
 
@@ -1385,8 +1408,18 @@ mod tests {
         index.delete_document(docs[0].id).await.unwrap();
         index.optimize().await.unwrap();
         assert!(closed_wal_segments(dir.path()) <= 1);
+        // What is left of the log no longer names the deleted document's points.
+        let marker = docs[0].id.to_string();
+        for entry in std::fs::read_dir(dir.path().join(WAL_DIR)).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(
+                !text.contains(&marker),
+                "the WAL still holds the deleted document"
+            );
+        }
         assert!(
-            index.wal_bytes() <= 3 * WAL_SEGMENT_BYTES as u64,
+            index.wal_bytes() <= 4 * WAL_SEGMENT_BYTES as u64,
             "{}",
             index.wal_bytes()
         );
