@@ -289,6 +289,9 @@ pub async fn health(module: web::Data<ModuleName>) -> HttpResponse {
 #[derive(Debug, Serialize)]
 pub struct Check {
     pub name: &'static str,
+    /// A failing optional dependency (the shared cache) leaves the module ready but `degraded`.
+    #[serde(skip)]
+    pub required: bool,
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -309,20 +312,36 @@ pub async fn ready(
     checks: web::Data<Readiness>,
 ) -> HttpResponse {
     let results = (checks.get_ref())(state.into_inner()).await;
-    let failing: Vec<&str> = results.iter().filter(|c| !c.ok).map(|c| c.name).collect();
+    let failing: Vec<&str> = results
+        .iter()
+        .filter(|c| !c.ok && c.required)
+        .map(|c| c.name)
+        .collect();
+    let degraded: Vec<&str> = results
+        .iter()
+        .filter(|c| !c.ok && !c.required)
+        .map(|c| c.name)
+        .collect();
     for c in results.iter().filter(|c| !c.ok) {
         tracing::warn!(
             module = module.0,
             dependency = c.name,
+            required = c.required,
             error = c.error.as_deref().unwrap_or(""),
             "not ready"
         );
     }
-    if failing.is_empty() {
-        HttpResponse::Ok().json(json!({"status": "ready", "failing": failing}))
+    if !failing.is_empty() {
+        let mut body = json!({"status": "unavailable", "failing": failing});
+        if !degraded.is_empty() {
+            body["degraded"] = json!(degraded);
+        }
+        HttpResponse::ServiceUnavailable().json(body)
+    } else if !degraded.is_empty() {
+        HttpResponse::Ok()
+            .json(json!({"status": "degraded", "failing": failing, "degraded": degraded}))
     } else {
-        HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "unavailable", "failing": failing}))
+        HttpResponse::Ok().json(json!({"status": "ready", "failing": failing}))
     }
 }
 
@@ -330,6 +349,7 @@ pub async fn check_database(state: &AppState) -> Check {
     let r = state.storage.metadata.ping().await;
     Check {
         name: "database",
+        required: true,
         ok: r.is_ok(),
         error: r.err().map(|e| e.to_string()),
     }
@@ -339,8 +359,20 @@ pub async fn check_vectors(state: &AppState) -> Check {
     let r = state.storage.vectors.health().await;
     Check {
         name: "vector_index",
+        required: true,
         ok: r.is_ok(),
         error: r.err().map(|e| e.to_string()),
+    }
+}
+
+/// The shared cache is optional: the service answers without it.
+pub async fn check_cache(state: &AppState) -> Check {
+    let r = state.storage.cache.health().await;
+    Check {
+        name: "cache",
+        required: false,
+        ok: r.is_ok(),
+        error: r.err(),
     }
 }
 
@@ -348,6 +380,7 @@ pub async fn check_ingest(state: &AppState) -> Check {
     let r = state.ingest.health();
     Check {
         name: "ingest_workers",
+        required: true,
         ok: r.is_ok(),
         error: r.err(),
     }
@@ -357,6 +390,7 @@ pub async fn check_embedder(state: &AppState) -> Check {
     let r = state.embedder.health().await;
     Check {
         name: "embedder",
+        required: true,
         ok: r.is_ok(),
         error: r.err().map(|e| e.to_string()),
     }

@@ -37,8 +37,10 @@ use crate::response::{Responder, ResponseService};
 use crate::security::SecurityService;
 use crate::storage::Storage;
 use crate::storage::cache::MemoryCache;
+use crate::storage::cache::redis::RedisCache;
 use crate::storage::sql::SqlStore;
 use crate::storage::vector::edge::EdgeVectorIndex;
+use secrecy::ExposeSecret;
 
 /// The shared core every module server gets: settings and a handle to each module.
 pub struct AppState {
@@ -82,15 +84,28 @@ pub async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
     let vectors = tokio::task::spawn_blocking(move || EdgeVectorIndex::open(&vector_dir, dim))
         .await?
         .context("vector index")?;
+    let ttl = Duration::from_secs(settings.cache.ttl_secs);
+    let redis_url = settings.cache.redis_url.expose_secret();
+    let cache: Arc<dyn storage::Cache> = if redis_url.is_empty() {
+        Arc::new(MemoryCache::new(settings.cache.max_bytes, ttl))
+    } else {
+        Arc::new(
+            RedisCache::new(
+                redis_url,
+                settings.cache.redis_pool_size,
+                ttl,
+                Duration::from_millis(settings.cache.redis_timeout_ms),
+            )
+            .context("cache")?
+            .with_prefix(&settings.cache.redis_prefix),
+        )
+    };
     Ok(Storage {
         metadata: sql.clone(),
         security: sql.clone(),
         documents: sql,
         vectors: Arc::new(vectors),
-        cache: Arc::new(MemoryCache::new(
-            settings.cache.max_bytes,
-            Duration::from_secs(settings.cache.ttl_secs),
-        )),
+        cache,
     })
 }
 
@@ -108,9 +123,26 @@ impl Application {
         // Installed before anything is counted, so nothing before the first scrape is lost.
         telemetry::metrics_handle();
         let storage = open_storage(&settings).await?;
-        let security = SecurityService::start(settings.security.clone(), storage.security.clone())
-            .await
-            .context("security")?;
+        let limiter: Arc<dyn security::limits::RateLimiter> =
+            match settings.cache.redis_url.expose_secret() {
+                "" => Arc::new(security::limits::GovernorLimiter::new(&settings.security)),
+                url => Arc::new(
+                    security::redis_limits::RedisLimiter::new(
+                        url,
+                        &settings.cache.redis_prefix,
+                        Duration::from_millis(settings.cache.redis_timeout_ms),
+                        &settings.security,
+                    )
+                    .map_err(anyhow::Error::msg)?,
+                ),
+            };
+        let security = SecurityService::start_with(
+            settings.security.clone(),
+            storage.security.clone(),
+            limiter,
+        )
+        .await
+        .context("security")?;
         let embedder = embedder::load(&settings.embedder)
             .await
             .context("embedder")?;
@@ -188,6 +220,10 @@ impl Application {
         background.push(ingest.spawn_sweeper(shutdown_rx.clone()));
         background.push(security.spawn_sync(shutdown_rx.clone()));
         background.push(tokio::spawn(startup_verify(storage.clone())));
+        background.push(tokio::spawn(pool_gauges(
+            storage.clone(),
+            shutdown_rx.clone(),
+        )));
         background.push(tokio::spawn(optimize_loop(storage.clone(), shutdown_rx)));
         Ok(Self {
             servers,
@@ -294,6 +330,21 @@ async fn startup_verify(storage: Storage) {
             );
         }
         Err(e) => tracing::warn!(module = "storage", error = %e, "verify could not run"),
+    }
+}
+
+/// Exports the database pool's state for dashboards (exhaustion shows before requests fail).
+async fn pool_gauges(storage: Storage, mut shutdown: watch::Receiver<bool>) {
+    let backend = storage.metadata.backend();
+    loop {
+        let (open, idle, max) = storage.metadata.pool_state();
+        metrics::gauge!("db_pool_connections", "backend" => backend).set(open as f64);
+        metrics::gauge!("db_pool_idle_connections", "backend" => backend).set(idle as f64);
+        metrics::gauge!("db_pool_max_connections", "backend" => backend).set(max as f64);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = shutdown.changed() => return,
+        }
     }
 }
 

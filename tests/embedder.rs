@@ -174,6 +174,9 @@ async fn health_does_not_wait_for_the_model() {
     for _ in 0..20 {
         embedder.health().await.unwrap();
     }
-    assert!(!bulk.is_finished(), "health answered while the bulk request was running");
+    assert!(
+        !bulk.is_finished(),
+        "health answered while the bulk request was running"
+    );
     assert_eq!(bulk.await.unwrap().unwrap().len(), 400);
 }

@@ -434,21 +434,7 @@ async fn a_job_that_kills_its_worker_every_time_is_failed_not_retried_forever() 
                 .to_string();
         }
         // Wait until a worker is on it (attempt counted), then kill the process.
-        let mut job = Value::Null;
-        for _ in 0..600 {
-            job = client
-                .get(format!("{api}/v1/jobs/{job_id}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if job["status"] != "queued" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let job = poll_job(&client, &api, &job_id, |s| s != "queued", 600).await;
         if round < 2 {
             assert_eq!(job["status"], "running", "round {round}: {job}");
             server.child.kill().unwrap();
@@ -456,20 +442,7 @@ async fn a_job_that_kills_its_worker_every_time_is_failed_not_retried_forever() 
             continue;
         }
         // Third start: the job was claimed twice without finishing; the third claim gives up.
-        for _ in 0..300 {
-            job = client
-                .get(format!("{api}/v1/jobs/{job_id}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if job["status"] == "failed" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let job = poll_job(&client, &api, &job_id, |s| s == "failed", 300).await;
         assert_eq!(job["status"], "failed", "{job}");
         assert!(
             job["error"]
@@ -480,6 +453,32 @@ async fn a_job_that_kills_its_worker_every_time_is_failed_not_retried_forever() 
         );
         server.stop();
     }
+}
+
+/// Polls a job (every 20 ms, at most `tries` times) until `until(status)`; returns the job.
+async fn poll_job(
+    client: &reqwest::Client,
+    api: &str,
+    job_id: &str,
+    until: impl Fn(&str) -> bool,
+    tries: usize,
+) -> Value {
+    let mut job = Value::Null;
+    for _ in 0..tries {
+        job = client
+            .get(format!("{api}/v1/jobs/{job_id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if until(job["status"].as_str().unwrap_or_default()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    job
 }
 
 fn rss_kib(pid: u32, field: &str) -> u64 {

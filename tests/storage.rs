@@ -715,3 +715,22 @@ async fn a_stale_worker_cannot_finish_or_fail_a_job_on_both_backends() {
     let db = TestDatabase::create();
     expired_lease_suite(postgres(&db).await).await;
 }
+
+/// `database.statement_timeout_ms` is a real statement timeout on PostgreSQL (it used to set only
+/// the lock timeout): a statement running longer is cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_statements_time_out() {
+    let db = TestDatabase::create();
+    let s = Settings::defaults_with(&[
+        ("database.url".into(), db.url.clone()),
+        ("database.statement_timeout_ms".into(), "300".into()),
+    ])
+    .unwrap();
+    let store = SqlStore::connect(&s.database, &s.storage.data_dir)
+        .await
+        .unwrap();
+    let slow = store.raw_execute("SELECT pg_sleep(2)").await;
+    let err = slow.expect_err("cancelled").to_string();
+    assert!(err.contains("statement timeout"), "{err}");
+    store.raw_execute("SELECT 1").await.unwrap();
+}

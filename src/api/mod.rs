@@ -25,8 +25,8 @@ use self::model::*;
 use crate::AppState;
 use crate::config::LimitsSettings;
 use crate::http::{
-    ApiError, ApiResult, Check, check_database, check_embedder, check_ingest, check_vectors,
-    deserialize_error,
+    ApiError, ApiResult, Check, check_cache, check_database, check_embedder, check_ingest,
+    check_vectors, deserialize_error,
 };
 use crate::ingest::DEFAULT_COLLECTION;
 use crate::ingest::Upload;
@@ -662,6 +662,7 @@ pub fn readiness(
             check_vectors(&state).await,
             check_embedder(&state).await,
             check_ingest(&state).await,
+            check_cache(&state).await,
         ]
     }
     .boxed()

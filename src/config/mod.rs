@@ -147,6 +147,8 @@ pub struct DatabaseSettings {
     pub url: SecretString,
     pub pool_size: u32,
     pub busy_timeout_ms: u64,
+    pub statement_timeout_ms: u64,
+    pub checkout_timeout_ms: u64,
 }
 
 /// The relational backend `database.url` selects.
@@ -272,6 +274,10 @@ pub struct ParserSettings {
 pub struct CacheSettings {
     pub max_bytes: u64,
     pub ttl_secs: u64,
+    pub redis_url: SecretString,
+    pub redis_pool_size: usize,
+    pub redis_timeout_ms: u64,
+    pub redis_prefix: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -316,7 +322,32 @@ impl Settings {
             .prefix_separator("__")
             .separator("__")
             .try_parsing(true);
-        Self::from_layers(env_file.as_deref(), Some(env), &overrides.pairs)
+        let mut settings = Self::from_layers(env_file.as_deref(), Some(env), &overrides.pairs)?;
+        settings.apply_runbook_fallbacks(|name| std::env::var(name).ok());
+        Ok(settings)
+    }
+
+    /// The runbook's deployment sets plain `DATABASE_URL` and `REDIS_URL` (and Docker secrets as
+    /// `*_FILE`): they fill `database.url` and `cache.redis_url` when those are unset.
+    fn apply_runbook_fallbacks(&mut self, env: impl Fn(&str) -> Option<String>) {
+        let read = |name: &str| -> Option<String> {
+            if let Some(path) = env(&format!("{name}_FILE")) {
+                return std::fs::read_to_string(path)
+                    .ok()
+                    .map(|s| s.trim().to_string());
+            }
+            env(name).filter(|v| !v.trim().is_empty())
+        };
+        if self.database.url.expose_secret().is_empty()
+            && let Some(url) = read("DATABASE_URL")
+        {
+            self.database.url = SecretString::from(url);
+        }
+        if self.cache.redis_url.expose_secret().is_empty()
+            && let Some(url) = read("REDIS_URL")
+        {
+            self.cache.redis_url = SecretString::from(url);
+        }
     }
 
     /// Defaults plus an optional file and command-line pairs, ignoring the environment.
@@ -453,6 +484,38 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_runbooks_plain_urls_and_docker_secret_files_fill_unset_urls() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("redis_url");
+        std::fs::write(&secret, "redis://:s3cret@redis:6379\n").unwrap();
+        let secret = secret.display().to_string();
+        let mut s = Settings::defaults_with(&[]).unwrap();
+        s.apply_runbook_fallbacks(|name| match name {
+            "DATABASE_URL" => Some("postgres://docrag@db/docrag".into()),
+            "REDIS_URL_FILE" => Some(secret.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            s.database.url.expose_secret(),
+            "postgres://docrag@db/docrag"
+        );
+        assert_eq!(
+            s.cache.redis_url.expose_secret(),
+            "redis://:s3cret@redis:6379"
+        );
+        assert!(!format!("{s:?}").contains("s3cret"), "secrets never print");
+
+        // An explicit setting wins over the fallback.
+        let mut s =
+            Settings::defaults_with(&[("database.url".into(), "postgres://explicit/db".into())])
+                .unwrap();
+        s.apply_runbook_fallbacks(|name| {
+            (name == "DATABASE_URL").then(|| "postgres://fallback/db".to_string())
+        });
+        assert_eq!(s.database.url.expose_secret(), "postgres://explicit/db");
+    }
 
     #[test]
     fn defaults_parse_and_use_the_runbook_ports() {

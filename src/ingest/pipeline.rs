@@ -143,11 +143,20 @@ impl IngestService {
     /// Brings the vector index in line with what the finish decided. A failure here leaves only
     /// unserved points behind (their chunk text is not live), which `verify --repair` removes.
     async fn after_finish(&self, job: &ClaimedJob, finish: Finish, collection: &str) {
+        if finish == Finish::Live {
+            // First, before the slower vector clean-up: the job reads "done" from now on, and a
+            // client that saw it must not be served a result cached before the new text.
+            self.storage.cache.invalidate_collection(collection).await;
+        }
         let vectors = &self.storage.vectors;
         let (doc, version) = (job.document_id, job.document_version);
         let cleaned = match finish {
-            // Earlier versions' points (and those of any stale worker) go.
-            Finish::Live => vectors.delete_other_versions(doc, version).await,
+            // Earlier versions' points (and those of any stale worker) go. A first version on
+            // its first attempt has none.
+            Finish::Live if version > 1 || job.attempts > 1 => {
+                vectors.delete_other_versions(doc, version).await
+            }
+            Finish::Live => Ok(()),
             // Another worker holds the job and writes the same points: leave them.
             Finish::LeaseLost => Ok(()),
             Finish::Superseded => vectors.delete_version(doc, version).await,
@@ -155,9 +164,6 @@ impl IngestService {
         };
         if let Err(e) = cleaned {
             tracing::warn!(error = %e, ?finish, "cannot remove superseded vectors; verify --repair removes them");
-        }
-        if finish == Finish::Live {
-            self.storage.cache.invalidate_collection(collection).await;
         }
     }
 }

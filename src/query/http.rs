@@ -7,7 +7,7 @@ use futures::FutureExt;
 
 use crate::AppState;
 use crate::api::model::SearchRequest;
-use crate::http::{ApiResult, Check, check_database, check_embedder, check_vectors};
+use crate::http::{ApiResult, Check, check_cache, check_database, check_embedder, check_vectors};
 
 pub async fn search(
     state: web::Data<AppState>,
@@ -28,6 +28,7 @@ pub fn readiness(
             check_embedder(&state).await,
             check_vectors(&state).await,
             check_database(&state).await,
+            check_cache(&state).await,
         ]
     }
     .boxed()

@@ -72,6 +72,7 @@ pub fn readiness(
     async move {
         vec![Check {
             name: "answer_builder",
+            required: true,
             ok: true,
             error: None,
         }]

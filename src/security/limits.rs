@@ -73,6 +73,14 @@ impl RateLimits {
         ]
     }
 
+    /// Each limit's slot and spec.
+    pub fn slots(&self) -> Vec<((RateClass, Dimension), &str)> {
+        self.entries()
+            .into_iter()
+            .map(|(slot, spec, _)| (slot, spec))
+            .collect()
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         for (_, spec, name) in self.entries() {
             parse_rate(spec).map_err(|e| format!("rate limit {name}: {e}"))?;

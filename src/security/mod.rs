@@ -19,6 +19,7 @@ pub mod http;
 pub mod limits;
 pub mod network;
 pub mod password;
+pub mod redis_limits;
 pub mod tokens;
 
 use std::collections::{BTreeMap, HashSet};
@@ -421,11 +422,22 @@ impl SecurityService {
         settings: SecuritySettings,
         store: Arc<dyn SecurityStore>,
     ) -> SecurityResult<Arc<Self>> {
+        let limiter = Arc::new(GovernorLimiter::new(&settings));
+        Self::start_with(settings, store, limiter).await
+    }
+
+    /// As [`start`](Self::start), with the rate limiter to use (the shared Redis one when
+    /// replicas must count together).
+    pub async fn start_with(
+        settings: SecuritySettings,
+        store: Arc<dyn SecurityStore>,
+        limiter: Arc<dyn RateLimiter>,
+    ) -> SecurityResult<Arc<Self>> {
         validate_settings(&settings).map_err(SecurityError::Invalid)?;
         let service = Arc::new(SecurityService {
             passwords: Passwords::new(&settings)?,
             keyring: Keyring::new(&settings).map_err(SecurityError::Invalid)?,
-            limiter: Arc::new(GovernorLimiter::new(&settings)),
+            limiter,
             blocks: Blocklist::default(),
             trusted_proxies: parse_networks(&settings.trusted_proxies)
                 .map_err(SecurityError::Invalid)?,

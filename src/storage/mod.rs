@@ -10,6 +10,7 @@
 //!
 //! The storage module also serves its own port with `/v1/stats`.
 
+pub mod breaker;
 pub mod cache;
 pub mod http;
 pub mod security;
@@ -305,6 +306,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Returns freed space to the file system and drops old page images (SQLite: checkpoint and
     /// truncate the WAL, whose frames still hold deleted text; PostgreSQL: autovacuum's job).
     async fn compact(&self) -> Result<(), StorageError>;
+    /// Connections of the pool now: (open, idle, maximum).
+    fn pool_state(&self) -> (u32, u32, u32);
     fn backend(&self) -> &'static str;
 }
 

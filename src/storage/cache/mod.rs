@@ -6,10 +6,11 @@
 //! entry whose tag is no longer current is never served. So a search that was already running
 //! when a document was deleted cannot put the deleted text back.
 //!
-//! The in-process implementation uses moka, bounded by bytes (a weigher), not entry count: one
-//! result of 100 long chunks weighs what a thousand short ones do. A shared (Redis)
-//! implementation comes with the production-backends work, since replicas must see each other's
-//! invalidations.
+//! The in-process implementation ([`MemoryCache`]) uses moka, bounded by bytes (a weigher), not
+//! entry count: one result of 100 long chunks weighs what a thousand short ones do. Replicas share
+//! [`redis::RedisCache`] instead, so they see each other's entries and invalidations.
+
+pub mod redis;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +32,10 @@ pub trait Cache: Send + Sync + 'static {
     async fn put(&self, collection: &str, key: &str, value: String, generation: u64);
     /// Drops entries of `collection` and of searches over all collections.
     async fn invalidate_collection(&self, collection: &str);
+    /// `Err` says why the cache is not serving (the service still works without it).
+    async fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
     fn backend(&self) -> &'static str;
 }
 

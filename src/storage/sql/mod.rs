@@ -173,13 +173,17 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
 
 #[derive(Debug)]
 struct PgSession {
+    lock_timeout_ms: u64,
     statement_timeout_ms: u64,
 }
 
 impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PgSession {
     fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
-        conn.batch_execute(&format!("SET lock_timeout = {}", self.statement_timeout_ms))
-            .map_err(diesel::r2d2::Error::QueryError)
+        conn.batch_execute(&format!(
+            "SET lock_timeout = {}; SET statement_timeout = {}",
+            self.lock_timeout_ms, self.statement_timeout_ms
+        ))
+        .map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
@@ -383,9 +387,12 @@ impl SqlStore {
                         ConnectionManager::<PgConnection>::new(settings.url.expose_secret());
                     let pool = R2d2Pool::builder()
                         .max_size(settings.pool_size.max(1))
-                        .connection_timeout(Duration::from_secs(10))
+                        .connection_timeout(Duration::from_millis(
+                            settings.checkout_timeout_ms.max(1),
+                        ))
                         .connection_customizer(Box::new(PgSession {
-                            statement_timeout_ms: settings.busy_timeout_ms,
+                            lock_timeout_ms: settings.busy_timeout_ms,
+                            statement_timeout_ms: settings.statement_timeout_ms,
                         }))
                         .build(manager)
                         .map_err(|e| StorageError::Pool(e.to_string()))?;
@@ -1069,6 +1076,14 @@ impl MetadataStore for SqlStore {
             Ok(MetadataStats { documents, documents_indexed, chunks, indexed_chunks, collections, jobs })
         })))
         .await
+    }
+
+    fn pool_state(&self) -> (u32, u32, u32) {
+        let (state, max) = match &self.pool {
+            Pool::Sqlite(p) => (p.state(), p.max_size()),
+            Pool::Postgres(p) => (p.state(), p.max_size()),
+        };
+        (state.connections, state.idle_connections, max)
     }
 
     async fn compact(&self) -> Result<(), StorageError> {

@@ -190,6 +190,28 @@ impl EdgeVectorIndex {
         .await?
     }
 
+    /// Deletes the points `filter` matches. Nothing matching means no write, no flush and no
+    /// maintenance owed (deletes after every job would otherwise rotate the WAL each time).
+    /// Counting and deleting happen under the write gate, so no upsert slips in between.
+    async fn delete_where(&self, what: &'static str, filter: Filter) -> Result<(), StorageError> {
+        let gate = Arc::clone(&self.write_gate);
+        let slot = Arc::clone(&self.slot);
+        let deleted = Arc::clone(&self.deleted);
+        tokio::task::spawn_blocking(move || {
+            let _gate = lock_gate(&gate);
+            let shard = current(&slot)?;
+            if count_points(&shard, Some(filter.clone()), true)? == 0 {
+                return Ok(());
+            }
+            let operation =
+                UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(filter));
+            apply_and_flush(&shard, what, operation)?;
+            deleted.store(true, Ordering::SeqCst);
+            Ok(())
+        })
+        .await?
+    }
+
     /// Bytes in the WAL directory.
     pub fn wal_bytes(&self) -> u64 {
         dir_bytes(&self.dir.join(WAL_DIR))
@@ -224,12 +246,8 @@ impl VectorIndex for EdgeVectorIndex {
     }
 
     async fn delete_document(&self, document_id: Uuid) -> Result<(), StorageError> {
-        let operation = UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(
-            document_filter(document_id)?,
-        ));
-        self.write("delete document", operation).await?;
-        self.deleted.store(true, Ordering::SeqCst);
-        Ok(())
+        self.delete_where("delete document", document_filter(document_id)?)
+            .await
     }
 
     async fn delete_other_versions(
@@ -239,11 +257,7 @@ impl VectorIndex for EdgeVectorIndex {
     ) -> Result<(), StorageError> {
         let mut filter = document_filter(document_id)?;
         filter.must_not = Some(vec![version_condition(keep)?]);
-        let operation =
-            UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(filter));
-        self.write("delete other versions", operation).await?;
-        self.deleted.store(true, Ordering::SeqCst);
-        Ok(())
+        self.delete_where("delete other versions", filter).await
     }
 
     async fn delete_version(&self, document_id: Uuid, version: i64) -> Result<(), StorageError> {
@@ -252,11 +266,7 @@ impl VectorIndex for EdgeVectorIndex {
             .must
             .get_or_insert_with(Vec::new)
             .push(version_condition(version)?);
-        let operation =
-            UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(filter));
-        self.write("delete version", operation).await?;
-        self.deleted.store(true, Ordering::SeqCst);
-        Ok(())
+        self.delete_where("delete version", filter).await
     }
 
     async fn inventory(&self) -> Result<HashMap<(Uuid, i64), u64>, StorageError> {
