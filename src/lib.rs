@@ -74,11 +74,7 @@ pub async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
     let data_dir = &settings.storage.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-    let sql = Arc::new(
-        SqlStore::connect(&settings.database, data_dir)
-            .await
-            .context("database")?,
-    );
+    let sql = Arc::new(connect_database(settings).await?);
     let vector_dir = data_dir.join("vectors");
     let dim = settings.embedder.dimension;
     let vectors = tokio::task::spawn_blocking(move || EdgeVectorIndex::open(&vector_dir, dim))
@@ -107,6 +103,35 @@ pub async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
         vectors: Arc::new(vectors),
         cache,
     })
+}
+
+/// Connects to the database, waiting for a PostgreSQL server that is not up yet (containers start
+/// in any order) for up to `database.startup_wait_secs`, with a log line per attempt, instead of
+/// exiting and crash-looping. SQLite and configuration errors fail at once.
+async fn connect_database(settings: &Settings) -> anyhow::Result<SqlStore> {
+    let started = std::time::Instant::now();
+    let wait = Duration::from_secs(settings.database.startup_wait_secs);
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match SqlStore::connect(&settings.database, &settings.storage.data_dir).await {
+            Ok(store) => return Ok(store),
+            Err(e @ storage::StorageError::Pool(_))
+                if started.elapsed() + delay < wait
+                    && !settings.database.url.expose_secret().is_empty() =>
+            {
+                tracing::warn!(
+                    module = "storage",
+                    error = %e,
+                    retry_in_ms = delay.as_millis() as u64,
+                    waited_secs = started.elapsed().as_secs(),
+                    "database not reachable yet; waiting for it"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e).context("database"),
+        }
+    }
 }
 
 pub struct Application {

@@ -149,6 +149,7 @@ pub struct DatabaseSettings {
     pub busy_timeout_ms: u64,
     pub statement_timeout_ms: u64,
     pub checkout_timeout_ms: u64,
+    pub startup_wait_secs: u64,
 }
 
 /// The relational backend `database.url` selects.
