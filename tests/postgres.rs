@@ -117,3 +117,114 @@ async fn start_up_waits_for_a_database_that_is_not_up_yet() {
     );
     drop(server);
 }
+
+/// A TCP proxy in front of the test PostgreSQL that can cut every connection and refuse new ones
+/// (the database "goes away") and come back.
+struct FlakyProxy {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl FlakyProxy {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (up2, conns2) = (up.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: connection refused in effect
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5432").await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns2.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self { port, up, conns }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// PostgreSQL goes away in the middle of an ingestion: routes that need it answer 503, readiness
+/// names it, and when it is back every accepted document is indexed exactly once without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingestion_survives_the_database_going_away() {
+    let db = common::TestDatabase::create();
+    let proxy = FlakyProxy::start().await;
+    let url = db
+        .url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        &[
+            ("database.url", url.as_str()),
+            ("database.checkout_timeout_ms", "1000"),
+            ("ingest.lease_secs", "3"),
+            ("ingest.retry_base_ms", "200"),
+            ("ingest.retry_max_ms", "1000"),
+            ("ingest.max_attempts", "20"),
+        ],
+    )
+    .await;
+    let mut jobs = Vec::new();
+    for i in 0..12 {
+        let text: String = (0..200)
+            .map(|j| format!("Document {i} sentence {j} about outages and recovery. "))
+            .collect();
+        let (s, accepted) = app
+            .post_json(
+                "/v1/documents",
+                &json!({"title": format!("doc {i}"), "text": text}),
+            )
+            .await;
+        assert_eq!(s, 202, "{accepted}");
+        jobs.push(accepted["job_id"].as_str().unwrap().to_string());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = app.stats().await;
+    assert!(
+        before["documents_indexed"].as_i64().unwrap() < 12,
+        "the outage starts mid-ingestion: {before}"
+    );
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, body) = app.get_json(&app.url("storage", "/ready")).await;
+    assert_eq!(
+        (status, body["failing"].clone()),
+        (503, json!(["database"])),
+        "{body}"
+    );
+    let (status, body) = app.get_json(&app.api("/v1/documents")).await;
+    assert_eq!(status, 503, "{body}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.restore();
+
+    for job in &jobs {
+        let job = app.wait_job(job).await;
+        assert_eq!(job["status"], "done", "{job}");
+    }
+    let stats = app.stats().await;
+    assert_eq!(stats["documents_indexed"], 12, "{stats}");
+    assert_eq!(stats["chunks"], stats["vectors"], "exactly once: {stats}");
+    let report = app.verify(false).await;
+    assert_eq!(report["ok"], true, "{report:#}");
+    drop(app);
+    drop(db);
+}
