@@ -38,6 +38,7 @@ use crate::security::SecurityService;
 use crate::storage::Storage;
 use crate::storage::cache::MemoryCache;
 use crate::storage::cache::redis::RedisCache;
+use crate::storage::redis::RedisClient;
 use crate::storage::sql::SqlStore;
 use crate::storage::vector::edge::EdgeVectorIndex;
 use secrecy::ExposeSecret;
@@ -81,20 +82,22 @@ pub async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
         .await?
         .context("vector index")?;
     let ttl = Duration::from_secs(settings.cache.ttl_secs);
-    let redis_url = settings.cache.redis_url.expose_secret();
-    let cache: Arc<dyn storage::Cache> = if redis_url.is_empty() {
-        Arc::new(MemoryCache::new(settings.cache.max_bytes, ttl))
-    } else {
-        Arc::new(
-            RedisCache::new(
-                redis_url,
+    let redis = match settings.cache.redis_url.expose_secret() {
+        "" => None,
+        url => Some(Arc::new(
+            RedisClient::new(
+                url,
                 settings.cache.redis_pool_size,
-                ttl,
                 Duration::from_millis(settings.cache.redis_timeout_ms),
             )
-            .context("cache")?
-            .with_prefix(&settings.cache.redis_prefix),
-        )
+            .context("cache")?,
+        )),
+    };
+    let cache: Arc<dyn storage::Cache> = match &redis {
+        None => Arc::new(MemoryCache::new(settings.cache.max_bytes, ttl)),
+        Some(redis) => Arc::new(
+            RedisCache::new(Arc::clone(redis), ttl).with_prefix(&settings.cache.redis_prefix),
+        ),
     };
     Ok(Storage {
         metadata: sql.clone(),
@@ -102,6 +105,7 @@ pub async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
         documents: sql,
         vectors: Arc::new(vectors),
         cache,
+        redis,
     })
 }
 
@@ -148,19 +152,14 @@ impl Application {
         // Installed before anything is counted, so nothing before the first scrape is lost.
         telemetry::metrics_handle();
         let storage = open_storage(&settings).await?;
-        let limiter: Arc<dyn security::limits::RateLimiter> =
-            match settings.cache.redis_url.expose_secret() {
-                "" => Arc::new(security::limits::GovernorLimiter::new(&settings.security)),
-                url => Arc::new(
-                    security::redis_limits::RedisLimiter::new(
-                        url,
-                        &settings.cache.redis_prefix,
-                        Duration::from_millis(settings.cache.redis_timeout_ms),
-                        &settings.security,
-                    )
-                    .map_err(anyhow::Error::msg)?,
-                ),
-            };
+        let limiter: Arc<dyn security::limits::RateLimiter> = match &storage.redis {
+            None => Arc::new(security::limits::GovernorLimiter::new(&settings.security)),
+            Some(redis) => Arc::new(security::redis_limits::RedisLimiter::new(
+                Arc::clone(redis),
+                &settings.cache.redis_prefix,
+                &settings.security,
+            )),
+        };
         let security = SecurityService::start_with(
             settings.security.clone(),
             storage.security.clone(),

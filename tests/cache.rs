@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{RedisServer, free_port, redis_url};
@@ -11,10 +12,15 @@ use common::{RedisServer, free_port, redis_url};
 use doc_rag::storage::Cache;
 use doc_rag::storage::cache::redis::RedisCache;
 use doc_rag::storage::cache::{ALL_COLLECTIONS, MemoryCache};
+use doc_rag::storage::redis::RedisClient;
+
+/// A connection of its own, as each replica has.
+fn client(url: &str) -> Arc<RedisClient> {
+    Arc::new(RedisClient::new(url, 4, Duration::from_millis(500)).unwrap())
+}
 
 fn redis(url: &str) -> RedisCache {
-    RedisCache::new(url, 4, Duration::from_secs(60), Duration::from_millis(500))
-        .unwrap()
+    RedisCache::new(client(url), Duration::from_secs(60))
         .with_prefix(&format!("docrag-test-{}:", uuid::Uuid::new_v4().simple()))
 }
 
@@ -66,16 +72,8 @@ async fn redis_cache_behaviour() {
 #[tokio::test]
 async fn replicas_share_entries_and_invalidations() {
     let prefix = format!("docrag-test-{}:", uuid::Uuid::new_v4().simple());
-    let make = || {
-        RedisCache::new(
-            &redis_url(),
-            2,
-            Duration::from_secs(60),
-            Duration::from_millis(500),
-        )
-        .unwrap()
-        .with_prefix(&prefix)
-    };
+    let make =
+        || RedisCache::new(client(&redis_url()), Duration::from_secs(60)).with_prefix(&prefix);
     let (one, two) = (make(), make());
     put_now(&one, "c", "q", "from one").await;
     assert_eq!(two.get("c", "q").await.as_deref(), Some("from one"));

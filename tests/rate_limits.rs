@@ -3,11 +3,13 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use doc_rag::config::Settings;
 use doc_rag::security::limits::{Dimension, RateClass, RateLimiter, RateLimits};
 use doc_rag::security::redis_limits::RedisLimiter;
+use doc_rag::storage::redis::RedisClient;
 
 fn limiter(url: &str, prefix: &str) -> RedisLimiter {
     let settings = Settings::defaults_with(&[
@@ -16,7 +18,8 @@ fn limiter(url: &str, prefix: &str) -> RedisLimiter {
     ])
     .unwrap()
     .security;
-    RedisLimiter::new(url, prefix, Duration::from_millis(300), &settings).unwrap()
+    let redis = RedisClient::new(url, 4, Duration::from_millis(300)).unwrap();
+    RedisLimiter::new(Arc::new(redis), prefix, &settings)
 }
 
 fn five_per_minute() -> RateLimits {

@@ -8,16 +8,15 @@
 //! limiter: limits then hold per replica, which is looser but never fails a request.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_redis::redis::{self, Script};
-use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts};
 
 use super::limits::{Dimension, GovernorLimiter, RateClass, RateLimiter, RateLimits, parse_rate};
 use crate::config::SecuritySettings;
-use crate::storage::breaker::Breaker;
+use crate::storage::redis::RedisClient;
 
 /// GCRA. KEYS[1]: the caller's key. ARGV: emission interval (ms), burst tolerance (ms).
 /// Returns 0 when allowed, else the milliseconds to wait.
@@ -46,10 +45,8 @@ return n
 "#;
 
 pub struct RedisLimiter {
-    pool: Pool,
-    timeout: Duration,
+    redis: Arc<RedisClient>,
     prefix: String,
-    breaker: Breaker,
     fallback: GovernorLimiter,
     /// (emission interval, burst tolerance) per configured limit.
     limits: RwLock<HashMap<(RateClass, Dimension), (u64, u64)>>,
@@ -61,30 +58,10 @@ pub struct RedisLimiter {
 }
 
 impl RedisLimiter {
-    pub fn new(
-        url: &str,
-        prefix: &str,
-        timeout: Duration,
-        s: &SecuritySettings,
-    ) -> Result<Self, String> {
-        let mut config = Config::from_url(url);
-        config.pool = Some(PoolConfig {
-            max_size: 16,
-            timeouts: Timeouts {
-                wait: Some(timeout),
-                create: Some(timeout),
-                recycle: Some(timeout),
-            },
-            ..Default::default()
-        });
-        let pool = config
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| format!("cache.redis_url: {e}"))?;
-        Ok(Self {
-            pool,
-            timeout,
+    pub fn new(redis: Arc<RedisClient>, prefix: &str, s: &SecuritySettings) -> Self {
+        Self {
+            redis,
             prefix: format!("{prefix}rl:"),
-            breaker: Breaker::new("redis_rate_limits", 3, Duration::from_secs(2)),
             fallback: GovernorLimiter::new(s),
             limits: RwLock::new(HashMap::new()),
             gcra: Script::new(GCRA),
@@ -92,32 +69,6 @@ impl RedisLimiter {
             account_max: s.login_max_failures.max(1),
             ip_max: s.login_ip_max_failures.max(1),
             lockout: Duration::from_secs(s.login_lockout_secs.max(1)),
-        })
-    }
-
-    async fn call<T, F, Fut>(&self, f: F) -> Option<T>
-    where
-        F: FnOnce(deadpool_redis::Connection) -> Fut,
-        Fut: std::future::Future<Output = redis::RedisResult<T>>,
-    {
-        if !self.breaker.allow() {
-            return None;
-        }
-        let outcome = tokio::time::timeout(self.timeout, async {
-            let conn = self.pool.get().await.map_err(|e| e.to_string())?;
-            f(conn).await.map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|_| Err("timed out".into()));
-        match outcome {
-            Ok(v) => {
-                self.breaker.success();
-                Some(v)
-            }
-            Err(e) => {
-                self.breaker.failure(&e);
-                None
-            }
         }
     }
 
@@ -160,6 +111,7 @@ impl RateLimiter for RedisLimiter {
         let redis_key = format!("{}{}:{key}", self.prefix, slot_name(class, dimension));
         let script = &self.gcra;
         let wait = self
+            .redis
             .call(|mut c| async move {
                 script
                     .key(redis_key)
@@ -198,6 +150,7 @@ impl RateLimiter for RedisLimiter {
             .map(|k| format!("{}lock:{k}", self.prefix))
             .collect();
         let ttls = self
+            .redis
             .call(|mut c| async move {
                 let mut pipe = redis::pipe();
                 for k in &locks {
@@ -225,6 +178,7 @@ impl RateLimiter for RedisLimiter {
             let max = self.max_for(key);
             let script = &self.failed;
             let written = self
+                .redis
                 .call(|mut c| async move {
                     script
                         .key(count)
@@ -246,10 +200,11 @@ impl RateLimiter for RedisLimiter {
             format!("{}fail:{key}", self.prefix),
             format!("{}lock:{key}", self.prefix),
         ];
-        self.call(
-            |mut c| async move { redis::cmd("DEL").arg(&keys).query_async::<()>(&mut c).await },
-        )
-        .await;
+        self.redis
+            .call(
+                |mut c| async move { redis::cmd("DEL").arg(&keys).query_async::<()>(&mut c).await },
+            )
+            .await;
         self.fallback.login_succeeded(key).await;
     }
 

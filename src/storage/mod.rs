@@ -13,6 +13,7 @@
 pub mod breaker;
 pub mod cache;
 pub mod http;
+pub mod redis;
 pub mod security;
 pub mod sql;
 pub mod vector;
@@ -391,6 +392,8 @@ pub struct Storage {
     pub documents: Arc<dyn DocumentStore>,
     pub vectors: Arc<dyn VectorIndex>,
     pub cache: Arc<dyn Cache>,
+    /// The Redis connection when `cache.redis_url` is set (the cache and the rate limiter use it).
+    pub redis: Option<Arc<redis::RedisClient>>,
 }
 
 /// Deterministic chunk id: the same document version and chunk index always give the same id, so

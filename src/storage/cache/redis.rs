@@ -9,17 +9,15 @@
 //! from the cache again.
 
 use std::collections::BTreeSet;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_redis::redis::{self, AsyncCommands};
-use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts};
 use sha2::{Digest, Sha256};
 
 use super::{ALL_COLLECTIONS, Cache};
-use crate::storage::StorageError;
-use crate::storage::breaker::Breaker;
+use crate::storage::redis::RedisClient;
 
 /// Returned by `generation` when Redis cannot say: `put` then stores nothing.
 const UNKNOWN: u64 = u64::MAX;
@@ -27,44 +25,21 @@ const UNKNOWN: u64 = u64::MAX;
 const MAX_VALUE_BYTES: usize = 1 << 20;
 
 pub struct RedisCache {
-    pool: Pool,
+    redis: Arc<RedisClient>,
     ttl: Duration,
-    timeout: Duration,
     prefix: String,
-    breaker: Breaker,
     /// Collections whose invalidation has not reached Redis yet.
     pending: Mutex<BTreeSet<String>>,
 }
 
 impl RedisCache {
-    /// Builds the pool; connects lazily, so a Redis that is down at start-up only degrades.
-    pub fn new(
-        url: &str,
-        pool_size: usize,
-        ttl: Duration,
-        timeout: Duration,
-    ) -> Result<Self, StorageError> {
-        let mut config = Config::from_url(url);
-        config.pool = Some(PoolConfig {
-            max_size: pool_size.max(1),
-            timeouts: Timeouts {
-                wait: Some(timeout),
-                create: Some(timeout),
-                recycle: Some(timeout),
-            },
-            ..Default::default()
-        });
-        let pool = config
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| StorageError::BadUrl(format!("cache.redis_url: {e}")))?;
-        Ok(Self {
-            pool,
+    pub fn new(redis: Arc<RedisClient>, ttl: Duration) -> Self {
+        Self {
+            redis,
             ttl,
-            timeout,
             prefix: "docrag:".into(),
-            breaker: Breaker::new("redis", 3, Duration::from_secs(2)),
             pending: Mutex::new(BTreeSet::new()),
-        })
+        }
     }
 
     /// Keys under another prefix than `docrag:` (tests sharing one Redis; several deployments
@@ -81,33 +56,6 @@ impl RedisCache {
     fn entry_key(&self, collection: &str, key: &str) -> String {
         let digest = hex::encode(Sha256::digest(key.as_bytes()));
         format!("{}c:{collection}:{digest}", self.prefix)
-    }
-
-    /// Runs `f` on a pooled connection under the timeout and the breaker.
-    async fn call<T, F, Fut>(&self, f: F) -> Option<T>
-    where
-        F: FnOnce(deadpool_redis::Connection) -> Fut,
-        Fut: std::future::Future<Output = redis::RedisResult<T>>,
-    {
-        if !self.breaker.allow() {
-            return None;
-        }
-        let outcome = tokio::time::timeout(self.timeout, async {
-            let conn = self.pool.get().await.map_err(|e| e.to_string())?;
-            f(conn).await.map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|_| Err("timed out".into()));
-        match outcome {
-            Ok(v) => {
-                self.breaker.success();
-                Some(v)
-            }
-            Err(e) => {
-                self.breaker.failure(&e);
-                None
-            }
-        }
     }
 
     /// Writes invalidations that failed earlier. False while some are still unwritten.
@@ -134,18 +82,19 @@ impl RedisCache {
 
     async fn bump(&self, collection: &str) -> bool {
         let (one, all) = (self.gen_key(collection), self.gen_key(ALL_COLLECTIONS));
-        self.call(|mut c| async move {
-            redis::pipe()
-                .atomic()
-                .incr(&one, 1)
-                .ignore()
-                .incr(&all, 1)
-                .ignore()
-                .query_async::<()>(&mut c)
-                .await
-        })
-        .await
-        .is_some()
+        self.redis
+            .call(|mut c| async move {
+                redis::pipe()
+                    .atomic()
+                    .incr(&one, 1)
+                    .ignore()
+                    .incr(&all, 1)
+                    .ignore()
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await
+            .is_some()
     }
 }
 
@@ -161,6 +110,7 @@ impl Cache for RedisCache {
         }
         let keys = [self.gen_key(collection), self.entry_key(collection, key)];
         let (generation, entry): (Option<String>, Option<String>) = self
+            .redis
             .call(|mut c| async move {
                 let values: Vec<Option<String>> = c.mget(&keys).await?;
                 let mut values = values.into_iter();
@@ -178,7 +128,8 @@ impl Cache for RedisCache {
             return UNKNOWN;
         }
         let key = self.gen_key(collection);
-        self.call(|mut c| async move { c.get::<_, Option<String>>(&key).await })
+        self.redis
+            .call(|mut c| async move { c.get::<_, Option<String>>(&key).await })
             .await
             .map(parse_generation)
             .unwrap_or(UNKNOWN)
@@ -191,7 +142,8 @@ impl Cache for RedisCache {
         let entry = self.entry_key(collection, key);
         let ttl = self.ttl.as_secs().max(1);
         let tagged = format!("{generation}:{value}");
-        self.call(|mut c| async move { c.set_ex::<_, _, ()>(&entry, tagged, ttl).await })
+        self.redis
+            .call(|mut c| async move { c.set_ex::<_, _, ()>(&entry, tagged, ttl).await })
             .await;
     }
 
@@ -207,6 +159,7 @@ impl Cache for RedisCache {
 
     async fn health(&self) -> Result<(), String> {
         let pong = self
+            .redis
             .call(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
             .await;
         match pong {

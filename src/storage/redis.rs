@@ -1,0 +1,69 @@
+//! The one connection to Redis a process keeps: a pool, a per-call timeout and a circuit breaker,
+//! shared by every component that uses Redis (the result cache, the rate limiter), so one outage
+//! trips one breaker and costs one timeout per cooldown, not one per component and request.
+
+use std::time::Duration;
+
+use deadpool_redis::redis::RedisResult;
+use deadpool_redis::{Config, Connection, Pool, PoolConfig, Runtime, Timeouts};
+
+use super::StorageError;
+use super::breaker::Breaker;
+
+pub struct RedisClient {
+    pool: Pool,
+    timeout: Duration,
+    breaker: Breaker,
+}
+
+impl RedisClient {
+    /// Builds the pool; it connects lazily, so a Redis that is down at start-up only degrades.
+    pub fn new(url: &str, pool_size: usize, timeout: Duration) -> Result<Self, StorageError> {
+        let mut config = Config::from_url(url);
+        config.pool = Some(PoolConfig {
+            max_size: pool_size.max(1),
+            timeouts: Timeouts {
+                wait: Some(timeout),
+                create: Some(timeout),
+                recycle: Some(timeout),
+            },
+            ..Default::default()
+        });
+        let pool = config
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| StorageError::BadUrl(format!("cache.redis_url: {e}")))?;
+        Ok(Self {
+            pool,
+            timeout,
+            breaker: Breaker::new("redis", 3, Duration::from_secs(2)),
+        })
+    }
+
+    /// Runs `f` on a pooled connection under the timeout and the breaker; `None` when Redis was
+    /// skipped (breaker open) or failed, which callers answer with their fallback.
+    pub async fn call<T, F, Fut>(&self, f: F) -> Option<T>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: std::future::Future<Output = RedisResult<T>>,
+    {
+        if !self.breaker.allow() {
+            return None;
+        }
+        let outcome = tokio::time::timeout(self.timeout, async {
+            let conn = self.pool.get().await.map_err(|e| e.to_string())?;
+            f(conn).await.map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()));
+        match outcome {
+            Ok(v) => {
+                self.breaker.success();
+                Some(v)
+            }
+            Err(e) => {
+                self.breaker.failure(&e);
+                None
+            }
+        }
+    }
+}
