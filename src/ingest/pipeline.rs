@@ -160,7 +160,7 @@ impl IngestService {
             // Another worker holds the job and writes the same points: leave them.
             Finish::LeaseLost => Ok(()),
             Finish::Superseded => vectors.delete_version(doc, version).await,
-            Finish::Deleted => vectors.delete_document(doc).await,
+            Finish::Deleted => vectors.delete_document(doc).await.map(drop),
         };
         if let Err(e) = cleaned {
             tracing::warn!(error = %e, ?finish, "cannot remove superseded vectors; verify --repair removes them");

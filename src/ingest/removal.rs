@@ -27,12 +27,6 @@ impl IngestService {
         // From here the document is gone for list, search (no chunk text) and answers; the cache
         // is next so no cached result shows it.
         self.storage.cache.invalidate_collection(&collection).await;
-        let vectors: u64 = self
-            .storage
-            .vectors
-            .count_document(document_id)
-            .await
-            .unwrap_or_default();
         let swept = self.storage.vectors.delete_document(document_id).await;
         let finished = swept.is_ok() && !deleted.was_indexing;
         if finished {
@@ -53,7 +47,7 @@ impl IngestService {
             deleted.document,
             Removal {
                 chunks: deleted.chunks,
-                vectors: if swept.is_ok() { vectors } else { 0 },
+                vectors: swept.as_ref().copied().unwrap_or(0),
                 jobs: deleted.jobs,
                 cache_invalidated: true,
                 pending: !finished,
@@ -100,6 +94,7 @@ impl IngestService {
                 .vectors
                 .delete_document(document_id)
                 .await
+                .map(drop)
                 .map_err(|e| e.to_string());
             let old_enough = chrono::Utc::now() - deleted_at > quiet;
             match outcome {

@@ -278,9 +278,12 @@ impl IngestService {
     async fn drop_failed_vectors(&self, job: &ClaimedJob) -> Result<(), StorageError> {
         let current = self.storage.metadata.get_document(job.document_id).await?;
         match current {
-            Some(doc) if doc.version == job.document_version => {
-                self.storage.vectors.delete_document(job.document_id).await
-            }
+            Some(doc) if doc.version == job.document_version => self
+                .storage
+                .vectors
+                .delete_document(job.document_id)
+                .await
+                .map(drop),
             _ => {
                 self.storage
                     .vectors

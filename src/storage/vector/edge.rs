@@ -190,24 +190,26 @@ impl EdgeVectorIndex {
         .await?
     }
 
-    /// Deletes the points `filter` matches. Nothing matching means no write, no flush and no
-    /// maintenance owed (deletes after every job would otherwise rotate the WAL each time).
-    /// Counting and deleting happen under the write gate, so no upsert slips in between.
-    async fn delete_where(&self, what: &'static str, filter: Filter) -> Result<(), StorageError> {
+    /// Deletes the points `filter` matches and returns how many. Nothing matching means no
+    /// write, no flush and no maintenance owed (deletes after every job would otherwise rotate the
+    /// WAL each time). Counting and deleting happen under the write gate, so no upsert slips in
+    /// between and the count is exact.
+    async fn delete_where(&self, what: &'static str, filter: Filter) -> Result<u64, StorageError> {
         let gate = Arc::clone(&self.write_gate);
         let slot = Arc::clone(&self.slot);
         let deleted = Arc::clone(&self.deleted);
         tokio::task::spawn_blocking(move || {
             let _gate = lock_gate(&gate);
             let shard = current(&slot)?;
-            if count_points(&shard, Some(filter.clone()), true)? == 0 {
-                return Ok(());
+            let matching = count_points(&shard, Some(filter.clone()), true)?;
+            if matching == 0 {
+                return Ok(0);
             }
             let operation =
                 UpdateOperation::PointOperation(PointOperations::DeletePointsByFilter(filter));
             apply_and_flush(&shard, what, operation)?;
             deleted.store(true, Ordering::SeqCst);
-            Ok(())
+            Ok(matching)
         })
         .await?
     }
@@ -245,7 +247,7 @@ impl VectorIndex for EdgeVectorIndex {
         self.write("upsert", operation).await
     }
 
-    async fn delete_document(&self, document_id: Uuid) -> Result<(), StorageError> {
+    async fn delete_document(&self, document_id: Uuid) -> Result<u64, StorageError> {
         self.delete_where("delete document", document_filter(document_id)?)
             .await
     }
@@ -257,7 +259,9 @@ impl VectorIndex for EdgeVectorIndex {
     ) -> Result<(), StorageError> {
         let mut filter = document_filter(document_id)?;
         filter.must_not = Some(vec![version_condition(keep)?]);
-        self.delete_where("delete other versions", filter).await
+        self.delete_where("delete other versions", filter)
+            .await
+            .map(drop)
     }
 
     async fn delete_version(&self, document_id: Uuid, version: i64) -> Result<(), StorageError> {
@@ -266,7 +270,7 @@ impl VectorIndex for EdgeVectorIndex {
             .must
             .get_or_insert_with(Vec::new)
             .push(version_condition(version)?);
-        self.delete_where("delete version", filter).await
+        self.delete_where("delete version", filter).await.map(drop)
     }
 
     async fn inventory(&self) -> Result<HashMap<(Uuid, i64), u64>, StorageError> {
@@ -1329,7 +1333,7 @@ mod tests {
         assert_eq!(index.count().await.unwrap(), 5);
         assert_eq!(index.count_document(gone.id).await.unwrap(), 3);
 
-        index.delete_document(gone.id).await.unwrap();
+        assert_eq!(index.delete_document(gone.id).await.unwrap(), 3);
         assert_eq!(index.count().await.unwrap(), 2);
         assert_eq!(index.count_document(gone.id).await.unwrap(), 0);
         assert_eq!(index.count_document(keep.id).await.unwrap(), 2);
@@ -1344,7 +1348,7 @@ mod tests {
         assert!(index.search(q).await.unwrap().is_empty());
 
         // Deleting an unknown document is not an error.
-        index.delete_document(Uuid::new_v4()).await.unwrap();
+        assert_eq!(index.delete_document(Uuid::new_v4()).await.unwrap(), 0);
         assert_eq!(index.count().await.unwrap(), 2);
     }
 

@@ -94,8 +94,8 @@ pub struct VectorHit {
 pub trait VectorIndex: Send + Sync + 'static {
     /// Insert or overwrite points by id.
     async fn upsert(&self, points: Vec<IndexPoint>) -> Result<(), StorageError>;
-    /// Remove every point of a document.
-    async fn delete_document(&self, document_id: Uuid) -> Result<(), StorageError>;
+    /// Remove every point of a document; returns how many there were.
+    async fn delete_document(&self, document_id: Uuid) -> Result<u64, StorageError>;
     /// Remove the document's points of every version but `keep` (a version went live).
     async fn delete_other_versions(&self, document_id: Uuid, keep: i64)
     -> Result<(), StorageError>;
