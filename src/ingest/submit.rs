@@ -1,8 +1,6 @@
 //! Submission: validating an upload against the limits and storing it with its job in one
 //! transaction, so an acknowledged upload is never lost.
 
-use std::sync::Arc;
-
 use super::parse::{self, ContentKind, ParseError};
 use super::{DEFAULT_COLLECTION, IngestError, IngestService, Upload};
 use crate::limits::{check_bytes, check_metadata, validate_collection};
@@ -96,15 +94,12 @@ impl IngestService {
 /// It never parses a document (that happens in the sandbox), but decoding a large text upload
 /// still takes a while, so it runs off the async executor.
 async fn precheck(kind: ContentKind, doc: NewDocument) -> Result<NewDocument, IngestError> {
-    let doc = Arc::new(doc);
-    let shared = Arc::clone(&doc);
-    tokio::task::spawn_blocking(move || parse::precheck(kind, &shared.content))
+    tokio::task::spawn_blocking(move || parse::precheck(kind, &doc.content).map(|()| doc))
         .await
         .map_err(|e| IngestError::Invalid(format!("cannot check the document: {e}")))?
         .map_err(|e| match e {
             ParseError::Empty => IngestError::Invalid("the document is empty".into()),
             ParseError::NotUtf8 => IngestError::Invalid("text documents must be UTF-8".into()),
             ParseError::Malformed(m) => IngestError::Unparseable(m),
-        })?;
-    Ok(Arc::try_unwrap(doc).unwrap_or_else(|shared| (*shared).clone()))
+        })
 }
