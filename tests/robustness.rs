@@ -587,21 +587,17 @@ async fn overload_is_refused_with_503_and_every_accepted_document_indexes_once()
     let jobs = accepted.lock().unwrap().clone();
     let mut done = 0;
     for job_id in &jobs {
-        for _ in 0..1200 {
-            let job: Value = client
-                .get(format!("{api}/v1/jobs/{job_id}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if job["status"] == "done" {
-                done += 1;
-                break;
-            }
-            assert_ne!(job["status"], "failed", "{job}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let job = poll_job(
+            &client,
+            &api,
+            job_id,
+            |s| s == "done" || s == "failed",
+            6000,
+        )
+        .await;
+        assert_ne!(job["status"], "failed", "{job}");
+        if job["status"] == "done" {
+            done += 1;
         }
     }
     let statuses = statuses.lock().unwrap().clone();
