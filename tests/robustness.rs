@@ -649,3 +649,29 @@ async fn overload_is_refused_with_503_and_every_accepted_document_indexes_once()
     assert_eq!(report["ok"], true, "{report:#}");
     assert!(peak < 3 * 1024 * 1024, "peak RSS {peak} KiB");
 }
+
+/// A document with more chunks than one embedding request may carry indexes, in several
+/// requests, instead of failing on every attempt (here 16 texts per request, so the 20,000-chunk
+/// case is shown at test scale).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_larger_than_one_embedding_request_indexes() {
+    let app = TestApp::spawn_with(common::Backend::Sqlite, &[("embedder.max_texts", "16")]).await;
+    let text: String = (0..600)
+        .map(|i| format!("Sentence {i} of a long document about batching work. "))
+        .collect();
+    let accepted = app.ingest_text("Long", &text, json!({})).await;
+    let (_, doc) = app
+        .get_json(&app.api(&format!(
+            "/v1/documents/{}",
+            accepted["document_id"].as_str().unwrap()
+        )))
+        .await;
+    let chunks = doc["chunk_count"].as_u64().unwrap();
+    assert!(
+        chunks > 16,
+        "more chunks than one request carries: {chunks}"
+    );
+    let stats = app.stats().await;
+    assert_eq!(stats["vectors"], chunks, "{stats}");
+    assert_verified(&app).await;
+}

@@ -233,6 +233,7 @@ pub struct EmbedderSettings {
     pub max_length: usize,
     pub batch_size: usize,
     pub threads: usize,
+    pub max_texts: usize,
     pub query_queue: usize,
     pub ingest_queue: usize,
     pub query_burst: usize,

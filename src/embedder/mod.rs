@@ -161,7 +161,7 @@ impl FastEmbedder {
             busy_since,
             tokenizer,
             dimension: settings.dimension,
-            max_texts: 4096,
+            max_texts: settings.max_texts.max(1),
         })
     }
 }
