@@ -36,6 +36,7 @@ check-services:
 	bash scripts/ensure-services.sh
 
 test: models check-services fmt lint
+	@[ -n "$$DOCRAG_TEST_QDRANT_URL" ] || echo "skipped: Qdrant server suites (tests/vectors.rs, search across replicas in tests/mongo.rs): set DOCRAG_TEST_QDRANT_URL=http://host:6334 to run them"
 	DOCRAG__EMBEDDER__MODEL_DIR="$(DOCRAG_MODELS_DIR)" $(CARGO) test --locked --all-targets -- --test-threads=2
 	$(MAKE) schemathesis fuzz-smoke
 

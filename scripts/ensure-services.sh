@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure the PostgreSQL and Redis the test suite talks to are answering, starting them when
-# they are installed but stopped. Tests use postgres://postgres@127.0.0.1:5432/test unless
+# they are installed but stopped, and that SecantusDB (the MongoDB the tests start) is installed. Tests use postgres://postgres@127.0.0.1:5432/test unless
 # DOCRAG_TEST_POSTGRES_URL says otherwise.
 set -euo pipefail
 
@@ -25,3 +25,15 @@ if ! redis_up; then
 fi
 redis_up || { echo "services: Redis is not answering on 127.0.0.1:6379" >&2; exit 1; }
 echo "services: PostgreSQL and Redis answer"
+
+# MongoDB is not installable here: the tests start SecantusDB (a MongoDB-wire-compatible server
+# from PyPI) on ports of their own, from this venv.
+venv="${DOCRAG_VENV:-$HOME/.cache/doc-rag-venv}"
+secantus_version="0.7.0b3"
+if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('SecantusDB') != '$secantus_version')" 2>/dev/null; then
+  echo "services: installing SecantusDB==$secantus_version into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet "SecantusDB==$secantus_version"
+fi
+[ -x "$venv/bin/secantusd-py" ] || { echo "services: $venv/bin/secantusd-py is missing" >&2; exit 1; }
+echo "services: SecantusDB $secantus_version in $venv (MongoDB suites)"

@@ -30,7 +30,7 @@ use crate::response::ResponseError as AnswerError;
 use crate::security::guard::{GuardCtx, guard};
 use crate::security::tokens::AuthFailure;
 use crate::security::{SecurityError, SecurityService};
-use crate::storage::StorageError;
+use crate::storage::{Dependency, StorageError};
 use crate::telemetry::{ModuleName, request_middleware};
 
 #[derive(Debug)]
@@ -130,6 +130,23 @@ impl From<StorageError> for ApiError {
             StorageError::Pool(_) => {
                 tracing::warn!(error = %e, "database unavailable");
                 ApiError::unavailable("the database is unavailable; retry shortly")
+            }
+            StorageError::Unavailable {
+                dependency,
+                ref message,
+            } => {
+                tracing::warn!(dependency = dependency.as_str(), error = %message, "dependency unavailable");
+                let code = match dependency {
+                    Dependency::Redis => "redis_unavailable",
+                    Dependency::MongoDb => "mongodb_unavailable",
+                    Dependency::Qdrant => "qdrant_unavailable",
+                };
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code,
+                    format!("{dependency} is unavailable; retry shortly"),
+                )
+                .with_retry_after(5)
             }
             StorageError::Database(_)
             | StorageError::Vector(_)
@@ -363,6 +380,21 @@ pub async fn check_vectors(state: &AppState) -> Check {
         ok: r.is_ok(),
         error: r.err().map(|e| e.to_string()),
     }
+}
+
+/// Originals and chunk text, when a separate store (MongoDB) keeps them; in the database they
+/// are covered by `database`.
+pub async fn check_documents(state: &AppState) -> Option<Check> {
+    if state.storage.documents.inline() {
+        return None;
+    }
+    let r = state.storage.documents.health().await;
+    Some(Check {
+        name: "document_store",
+        required: true,
+        ok: r.is_ok(),
+        error: r.err().map(|e| e.to_string()),
+    })
 }
 
 /// The shared cache is optional: the service answers without it.

@@ -38,9 +38,11 @@ use crate::security::SecurityService;
 use crate::storage::Storage;
 use crate::storage::cache::MemoryCache;
 use crate::storage::cache::redis::RedisCache;
+use crate::storage::mongo::MongoDocumentStore;
 use crate::storage::redis::RedisClient;
 use crate::storage::sql::SqlStore;
 use crate::storage::vector::edge::EdgeVectorIndex;
+use crate::storage::vector::server::QdrantVectorIndex;
 use secrecy::ExposeSecret;
 
 /// The shared core every module server gets: settings and a handle to each module.
@@ -76,11 +78,33 @@ pub async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let sql = Arc::new(connect_database(settings).await?);
-    let vector_dir = data_dir.join("vectors");
     let dim = settings.embedder.dimension;
-    let vectors = tokio::task::spawn_blocking(move || EdgeVectorIndex::open(&vector_dir, dim))
-        .await?
-        .context("vector index")?;
+    // Server-backed stores may start after doc-rag (containers start in any order).
+    let startup_wait = Duration::from_secs(settings.database.startup_wait_secs);
+    let vectors: Arc<dyn storage::VectorIndex> = if settings.vectors.qdrant_url.is_empty() {
+        let vector_dir = data_dir.join("vectors");
+        Arc::new(
+            tokio::task::spawn_blocking(move || EdgeVectorIndex::open(&vector_dir, dim))
+                .await?
+                .context("vector index")?,
+        )
+    } else {
+        Arc::new(
+            QdrantVectorIndex::connect(&settings.vectors, dim, startup_wait)
+                .await
+                .context("vector index (Qdrant server)")?,
+        )
+    };
+    let documents: Arc<dyn storage::DocumentStore> =
+        if settings.documents.mongodb_url.expose_secret().is_empty() {
+            sql.clone()
+        } else {
+            Arc::new(
+                MongoDocumentStore::connect(&settings.documents, startup_wait)
+                    .await
+                    .context("document store (MongoDB)")?,
+            )
+        };
     let ttl = Duration::from_secs(settings.cache.ttl_secs);
     let redis = match settings.cache.redis_url.expose_secret() {
         "" => None,
@@ -94,6 +118,16 @@ pub async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
         )),
     };
     let cache: Arc<dyn storage::Cache> = match &redis {
+        // With the vectors on a shared server other replicas may change what a cached result
+        // shows (a deleted document's text, say), and an in-process cache would not hear of it.
+        None if !settings.vectors.qdrant_url.is_empty() => {
+            tracing::warn!(
+                module = "storage",
+                "vectors.qdrant_url is set but cache.redis_url is not: result caching is off, \
+                 since replicas could not invalidate each other's in-process caches"
+            );
+            Arc::new(MemoryCache::new(0, ttl))
+        }
         None => Arc::new(MemoryCache::new(settings.cache.max_bytes, ttl)),
         Some(redis) => Arc::new(
             RedisCache::new(Arc::clone(redis), ttl).with_prefix(&settings.cache.redis_prefix),
@@ -101,9 +135,9 @@ pub async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
     };
     Ok(Storage {
         metadata: sql.clone(),
-        security: sql.clone(),
-        documents: sql,
-        vectors: Arc::new(vectors),
+        security: sql,
+        documents,
+        vectors,
         cache,
         redis,
     })

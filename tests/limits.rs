@@ -296,6 +296,7 @@ async fn a_job_whose_worker_dies_every_time_fails_after_max_attempts() {
             content_type: "text/plain".into(),
             metadata: Map::new(),
             content: b"a document whose worker never comes back".to_vec(),
+            content_ref: None,
             request_id: None,
         })
         .await

@@ -15,9 +15,25 @@ use doc_rag::storage::security::{
 };
 use doc_rag::storage::sql::SqlStore;
 use doc_rag::storage::{
-    DocumentStatus, DocumentStore, Finish, JobStatus, MetadataStore, NewDocument, StoredChunk,
-    chunk_id,
+    DocumentStatus, DocumentStore, Finish, FinishedChunks, JobStatus, MetadataStore, NewDocument,
+    StoredChunk, chunk_id,
 };
+use uuid::Uuid;
+
+/// Chunk rows stored for a document, as `verify` sees them.
+async fn stored_chunks(meta: &dyn MetadataStore, id: Uuid) -> i64 {
+    let inventory = meta.inventory().await.unwrap();
+    inventory
+        .documents
+        .iter()
+        .find(|d| d.id == id)
+        .map_or(0, |d| d.stored_chunks)
+}
+
+async fn original(meta: &dyn MetadataStore, docs: &dyn DocumentStore, id: Uuid) -> Option<Vec<u8>> {
+    let doc = meta.get_document(id).await.unwrap()?;
+    docs.get_original(&doc).await.unwrap()
+}
 use serde_json::{Map, json};
 
 async fn sqlite(dir: &Path) -> Arc<SqlStore> {
@@ -49,6 +65,7 @@ fn doc(title: &str, external_id: Option<&str>) -> NewDocument {
         content_type: "text/plain".into(),
         metadata,
         content: format!("content of {title}").into_bytes(),
+        content_ref: None,
         request_id: Some("rid".into()),
     }
 }
@@ -67,8 +84,12 @@ async fn suite(store: Arc<SqlStore>) {
         ("A", 1, DocumentStatus::Queued)
     );
     assert_eq!(got.metadata["k"], "v");
+    assert!(
+        docs.inline(),
+        "the SQL store keeps content in its own transactions"
+    );
     assert_eq!(
-        docs.get_original(a.document_id).await.unwrap().unwrap(),
+        original(meta, docs, a.document_id).await.unwrap(),
         b"content of A"
     );
     assert_eq!(
@@ -101,21 +122,35 @@ async fn suite(store: Arc<SqlStore>) {
         DocumentStatus::Indexing
     );
 
-    // Chunks are replaced as a whole.
-    let chunks = |n: u32| -> Vec<StoredChunk> {
-        (0..n)
-            .map(|i| StoredChunk {
-                id: chunk_id(a.document_id, 1, i),
-                document_id: a.document_id,
-                chunk_index: i as i32,
-                text: format!("chunk {i}"),
-                token_count: 2,
-            })
-            .collect()
+    let chunks = |n: u32| -> FinishedChunks {
+        FinishedChunks::Inline(
+            (0..n)
+                .map(|i| StoredChunk {
+                    id: chunk_id(a.document_id, 1, i),
+                    document_id: a.document_id,
+                    chunk_index: i as i32,
+                    text: format!("chunk {i}"),
+                    token_count: 2,
+                    offset: None,
+                })
+                .collect(),
+        )
     };
-    docs.replace_chunks(a.document_id, chunks(3)).await.unwrap();
-    docs.replace_chunks(a.document_id, chunks(2)).await.unwrap();
-    assert_eq!(docs.count_chunks(a.document_id).await.unwrap(), 2);
+    // The finish is fenced by the lease: another worker cannot finish w1's job.
+    assert_eq!(
+        meta.finish_job(&job, "w2", chunks(5)).await.unwrap(),
+        Finish::LeaseLost
+    );
+    assert_eq!(
+        stored_chunks(meta, a.document_id).await,
+        0,
+        "nothing written"
+    );
+    assert_eq!(
+        meta.finish_job(&job, "w1", chunks(2)).await.unwrap(),
+        Finish::Live
+    );
+    assert_eq!(stored_chunks(meta, a.document_id).await, 2);
     let fetched = docs
         .get_chunks(vec![
             chunk_id(a.document_id, 1, 1),
@@ -125,20 +160,6 @@ async fn suite(store: Arc<SqlStore>) {
         .unwrap();
     assert_eq!(fetched.len(), 1);
     assert_eq!(fetched[0].text, "chunk 1");
-    // The finish is fenced by the lease: another worker cannot finish w1's job.
-    assert_eq!(
-        meta.finish_job(&job, "w2", chunks(5)).await.unwrap(),
-        Finish::LeaseLost
-    );
-    assert_eq!(
-        docs.count_chunks(a.document_id).await.unwrap(),
-        2,
-        "nothing written"
-    );
-    assert_eq!(
-        meta.finish_job(&job, "w1", chunks(2)).await.unwrap(),
-        Finish::Live
-    );
     let done = meta.get_document(a.document_id).await.unwrap().unwrap();
     assert_eq!(
         (done.status, done.chunk_count),
@@ -159,7 +180,7 @@ async fn suite(store: Arc<SqlStore>) {
     let replaced = meta.get_document(a.document_id).await.unwrap().unwrap();
     assert_eq!((replaced.version, replaced.title.as_str()), (2, "A2"));
     assert_eq!(
-        docs.get_original(a.document_id).await.unwrap().unwrap(),
+        original(meta, docs, a.document_id).await.unwrap(),
         b"content of A2"
     );
     // A worker still on version 1 cannot make its text live: its job fails as superseded.
@@ -175,7 +196,7 @@ async fn suite(store: Arc<SqlStore>) {
         "an old version cannot complete"
     );
     assert_eq!(
-        docs.count_chunks(a.document_id).await.unwrap(),
+        stored_chunks(meta, a.document_id).await,
         2,
         "old text untouched"
     );
@@ -299,8 +320,13 @@ async fn suite(store: Arc<SqlStore>) {
     assert!(meta.pending_deletions(10).await.unwrap().is_empty());
     assert!(meta.get_document(a.document_id).await.unwrap().is_none());
     assert!(meta.get_job(a.job_id).await.unwrap().is_none());
-    assert!(docs.get_original(a.document_id).await.unwrap().is_none());
-    assert_eq!(docs.count_chunks(a.document_id).await.unwrap(), 0);
+    assert!(original(meta, docs, a.document_id).await.is_none());
+    assert!(
+        docs.get_chunks(vec![chunk_id(a.document_id, 1, 0)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(meta.delete_document(a.document_id).await.unwrap().is_none());
 
     // Concurrent submits of many documents all land (pool + write transactions under contention).
@@ -560,6 +586,27 @@ async fn backoff_suite(store: Arc<SqlStore>) {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let again = meta.claim_job("w", lease).await.unwrap().expect("due now");
     assert_eq!((again.job_id, again.attempts), (submitted.job_id, 2));
+
+    // A dependency outage postpones the job without using up an attempt, fenced by the lease.
+    assert!(
+        !meta
+            .postpone_job(&again, "other", "MongoDB down", Duration::from_millis(300))
+            .await
+            .unwrap(),
+        "only the lease holder postpones"
+    );
+    assert!(
+        meta.postpone_job(&again, "w", "MongoDB down", Duration::from_millis(300))
+            .await
+            .unwrap()
+    );
+    let job = meta.get_job(submitted.job_id).await.unwrap().unwrap();
+    assert_eq!((job.status, job.attempts), (JobStatus::Queued, 1));
+    assert_eq!(job.error.as_deref(), Some("MongoDB down"));
+    assert!(meta.claim_job("w", lease).await.unwrap().is_none());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let resumed = meta.claim_job("w", lease).await.unwrap().expect("due now");
+    assert_eq!(resumed.attempts, 2, "the outage did not count");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -663,9 +710,10 @@ async fn expired_lease_suite(store: Arc<SqlStore>) {
         chunk_index: 0,
         text: text.into(),
         token_count: 1,
+        offset: None,
     };
     assert_eq!(
-        meta.finish_job(&slow, "slow", vec![chunk("slow")])
+        meta.finish_job(&slow, "slow", FinishedChunks::Inline(vec![chunk("slow")]))
             .await
             .unwrap(),
         Finish::LeaseLost
@@ -681,7 +729,7 @@ async fn expired_lease_suite(store: Arc<SqlStore>) {
             .unwrap()
     );
     assert_eq!(
-        meta.finish_job(&fast, "fast", vec![chunk("fast")])
+        meta.finish_job(&fast, "fast", FinishedChunks::Inline(vec![chunk("fast")]))
             .await
             .unwrap(),
         Finish::Live

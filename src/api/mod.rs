@@ -25,8 +25,8 @@ use self::model::*;
 use crate::AppState;
 use crate::config::LimitsSettings;
 use crate::http::{
-    ApiError, ApiResult, Check, check_cache, check_database, check_embedder, check_ingest,
-    check_vectors, deserialize_error,
+    ApiError, ApiResult, Check, check_cache, check_database, check_documents, check_embedder,
+    check_ingest, check_vectors, deserialize_error,
 };
 use crate::ingest::DEFAULT_COLLECTION;
 use crate::ingest::Upload;
@@ -657,13 +657,15 @@ pub fn readiness(
     state: Arc<AppState>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Check>> + Send>> {
     async move {
-        vec![
+        let mut checks = vec![
             check_database(&state).await,
             check_vectors(&state).await,
             check_embedder(&state).await,
             check_ingest(&state).await,
             check_cache(&state).await,
-        ]
+        ];
+        checks.extend(check_documents(&state).await);
+        checks
     }
     .boxed()
 }

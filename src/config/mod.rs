@@ -33,6 +33,8 @@ pub struct Settings {
     pub ingest: IngestSettings,
     pub parser: ParserSettings,
     pub cache: CacheSettings,
+    pub documents: DocumentsSettings,
+    pub vectors: VectorsSettings,
     pub limits: LimitsSettings,
     pub log: LogSettings,
 }
@@ -282,6 +284,24 @@ pub struct CacheSettings {
     pub redis_prefix: String,
 }
 
+/// Where originals and chunk text live: the database (empty URL) or MongoDB.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DocumentsSettings {
+    pub mongodb_url: SecretString,
+    pub mongodb_database: String,
+    pub write_concern: String,
+    pub timeout_ms: u64,
+}
+
+/// Where vectors live: the embedded index (empty URL) or a Qdrant server.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VectorsSettings {
+    pub qdrant_url: String,
+    pub qdrant_api_key: SecretString,
+    pub collection: String,
+    pub timeout_ms: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -324,32 +344,44 @@ impl Settings {
             .prefix_separator("__")
             .separator("__")
             .try_parsing(true);
-        let mut settings = Self::from_layers(env_file.as_deref(), Some(env), &overrides.pairs)?;
-        settings.apply_runbook_fallbacks(|name| std::env::var(name).ok());
+        // Docker secrets: `DOCRAG__SECTION__KEY_FILE=/run/secrets/x` sets `section.key` to the
+        // file's contents, below the command line's own pairs.
+        let mut pairs = secret_file_pairs(std::env::vars())?;
+        pairs.extend(overrides.pairs.iter().cloned());
+        let mut settings = Self::from_layers(env_file.as_deref(), Some(env), &pairs)?;
+        settings.apply_runbook_fallbacks(|name| std::env::var(name).ok())?;
         Ok(settings)
     }
 
     /// The runbook's deployment sets plain `DATABASE_URL` and `REDIS_URL` (and Docker secrets as
     /// `*_FILE`): they fill `database.url` and `cache.redis_url` when those are unset.
-    fn apply_runbook_fallbacks(&mut self, env: impl Fn(&str) -> Option<String>) {
-        let read = |name: &str| -> Option<String> {
+    /// A `*_FILE` that cannot be read is an error: starting on the embedded stores instead of
+    /// the configured servers would split the data silently.
+    fn apply_runbook_fallbacks(
+        &mut self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        let read = |name: &str| -> Result<Option<String>, ConfigError> {
             if let Some(path) = env(&format!("{name}_FILE")) {
-                return std::fs::read_to_string(path)
-                    .ok()
-                    .map(|s| s.trim().to_string());
+                return std::fs::read_to_string(&path)
+                    .map(|s| Some(s.trim().to_string()))
+                    .map_err(|e| {
+                        ConfigError::Invalid(format!("{name}_FILE: cannot read {path}: {e}"))
+                    });
             }
-            env(name).filter(|v| !v.trim().is_empty())
+            Ok(env(name).filter(|v| !v.trim().is_empty()))
         };
         if self.database.url.expose_secret().is_empty()
-            && let Some(url) = read("DATABASE_URL")
+            && let Some(url) = read("DATABASE_URL")?
         {
             self.database.url = SecretString::from(url);
         }
         if self.cache.redis_url.expose_secret().is_empty()
-            && let Some(url) = read("REDIS_URL")
+            && let Some(url) = read("REDIS_URL")?
         {
             self.cache.redis_url = SecretString::from(url);
         }
+        Ok(())
     }
 
     /// Defaults plus an optional file and command-line pairs, ignoring the environment.
@@ -425,6 +457,21 @@ impl Settings {
             return invalid("limits.body_read_timeout_secs must be at least 1");
         }
         self.database.kind(&self.storage.data_dir)?;
+        let mongodb_url = self.documents.mongodb_url.expose_secret();
+        if !mongodb_url.is_empty() && !mongodb_url.starts_with("mongodb://") {
+            return invalid(
+                "documents.mongodb_url must be empty (documents in the database) or mongodb://… \
+                 (mongodb+srv:// is not supported: list the hosts)",
+            );
+        }
+        let qdrant_url = &self.vectors.qdrant_url;
+        let http = qdrant_url.starts_with("http://") || qdrant_url.starts_with("https://");
+        if !(qdrant_url.is_empty() || http) {
+            return invalid(
+                "vectors.qdrant_url must be empty (the embedded index) or http(s)://host:6334 \
+                 (Qdrant's gRPC port)",
+            );
+        }
         crate::security::validate_settings(&self.security).map_err(ConfigError::Invalid)?;
         for server in self.servers() {
             server.1.addr()?;
@@ -483,9 +530,72 @@ impl Settings {
     }
 }
 
+/// `(section.key, contents)` for every `DOCRAG__SECTION__KEY_FILE` variable, read from its file.
+fn secret_file_pairs(
+    vars: impl Iterator<Item = (String, String)>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut pairs = Vec::new();
+    for (name, path) in vars {
+        let Some(key) = name
+            .strip_prefix("DOCRAG__")
+            .and_then(|k| k.strip_suffix("_FILE"))
+        else {
+            continue;
+        };
+        let value = std::fs::read_to_string(&path)
+            .map_err(|e| ConfigError::Invalid(format!("{name}: cannot read {path}: {e}")))?;
+        pairs.push((
+            key.to_lowercase().replace("__", "."),
+            value.trim_end_matches(['\n', '\r']).to_string(),
+        ));
+    }
+    Ok(pairs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docrag_file_variables_read_secrets_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("jwt");
+        std::fs::write(&file, "a-long-secret-from-a-file\n").unwrap();
+        let vars = vec![
+            (
+                "DOCRAG__SECURITY__JWT_SECRET_FILE".to_string(),
+                file.display().to_string(),
+            ),
+            ("DOCRAG__LOG__LEVEL".to_string(), "debug".to_string()),
+            ("PATH_FILE".to_string(), "/nonexistent".to_string()),
+        ];
+        assert_eq!(
+            secret_file_pairs(vars.into_iter()).unwrap(),
+            vec![(
+                "security.jwt_secret".to_string(),
+                "a-long-secret-from-a-file".to_string()
+            )]
+        );
+        let missing = vec![(
+            "DOCRAG__CACHE__REDIS_URL_FILE".to_string(),
+            "/nonexistent/secret".to_string(),
+        )];
+        let err = secret_file_pairs(missing.into_iter()).unwrap_err();
+        assert!(
+            err.to_string().contains("DOCRAG__CACHE__REDIS_URL_FILE"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn server_urls_are_checked() {
+        let bad = |k: &str, v: &str| Settings::defaults_with(&[(k.into(), v.into())]).is_err();
+        assert!(bad("documents.mongodb_url", "mongodb+srv://cluster/x"));
+        assert!(bad("documents.mongodb_url", "postgres://x"));
+        assert!(bad("vectors.qdrant_url", "qdrant:6334"));
+        assert!(!bad("documents.mongodb_url", "mongodb://127.0.0.1:27017"));
+        assert!(!bad("vectors.qdrant_url", "http://qdrant:6334"));
+    }
 
     #[test]
     fn the_runbooks_plain_urls_and_docker_secret_files_fill_unset_urls() {
@@ -498,7 +608,8 @@ mod tests {
             "DATABASE_URL" => Some("postgres://docrag@db/docrag".into()),
             "REDIS_URL_FILE" => Some(secret.clone()),
             _ => None,
-        });
+        })
+        .unwrap();
         assert_eq!(
             s.database.url.expose_secret(),
             "postgres://docrag@db/docrag"
@@ -515,8 +626,18 @@ mod tests {
                 .unwrap();
         s.apply_runbook_fallbacks(|name| {
             (name == "DATABASE_URL").then(|| "postgres://fallback/db".to_string())
-        });
+        })
+        .unwrap();
         assert_eq!(s.database.url.expose_secret(), "postgres://explicit/db");
+
+        // A secret file that cannot be read stops the start instead of falling back to SQLite.
+        let mut s = Settings::defaults_with(&[]).unwrap();
+        let err = s
+            .apply_runbook_fallbacks(|name| {
+                (name == "DATABASE_URL_FILE").then(|| "/nonexistent/database_url".to_string())
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("DATABASE_URL_FILE"), "{err}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::worker::JobFailure;
 use crate::embedder::{EmbedError, Priority};
 use crate::limits::check_count;
 use crate::storage::vector::{ChunkPayload, IndexPoint};
-use crate::storage::{ClaimedJob, Finish, StoredChunk, chunk_id};
+use crate::storage::{ClaimedJob, Finish, FinishedChunks, StoredChunk, chunk_id};
 
 impl IngestService {
     /// Returns the number of chunks made live.
@@ -28,11 +28,11 @@ impl IngestService {
             // A newer upload replaced this version before work began.
             storage
                 .metadata
-                .finish_job(job, &self.worker_id, Vec::new())
+                .finish_job(job, &self.worker_id, FinishedChunks::Inline(Vec::new()))
                 .await?;
             return Ok(0);
         }
-        let Some(bytes) = storage.documents.get_original(job.document_id).await? else {
+        let Some(bytes) = storage.documents.get_original(&doc).await? else {
             return Err(JobFailure::permanent("the document's content is missing"));
         };
         let kind = ContentKind::from_mime(&doc.content_type).ok_or_else(|| {
@@ -50,10 +50,12 @@ impl IngestService {
             })?;
         drop(bytes);
         let chunker = Arc::clone(&self.chunker);
-        let chunks =
-            tokio::task::spawn_blocking(move || chunker.chunk(&parsed.text, parsed.markdown))
-                .await
-                .map_err(|e| JobFailure::transient(e.to_string()))?;
+        let (text, chunks) = tokio::task::spawn_blocking(move || {
+            let chunks = chunker.chunk(&parsed.text, parsed.markdown);
+            (parsed.text, chunks)
+        })
+        .await
+        .map_err(|e| JobFailure::transient(e.to_string()))?;
         check_count(
             "the document's chunks",
             "chunks_per_document_max",
@@ -121,15 +123,27 @@ impl IngestService {
                 chunk_index: c.index as i32,
                 text: c.text.clone(),
                 token_count: c.token_count as i32,
+                offset: Some(c.start as u64),
             })
             .collect();
         let n = points.len();
         for batch in points.chunks(256) {
             storage.vectors.upsert(batch.to_vec()).await?;
         }
+        let chunks = if storage.documents.inline() {
+            drop(text);
+            FinishedChunks::Inline(stored)
+        } else {
+            // Staged unserved; the fenced finish decides whether they go live.
+            storage
+                .documents
+                .stage(doc.id, version, text, stored)
+                .await?;
+            FinishedChunks::Stored(n as i64)
+        };
         let finish = storage
             .metadata
-            .finish_job(job, &self.worker_id, stored)
+            .finish_job(job, &self.worker_id, chunks)
             .await?;
         self.after_finish(job, finish, &doc.collection).await;
         match finish {
@@ -140,16 +154,35 @@ impl IngestService {
         }
     }
 
-    /// Brings the vector index in line with what the finish decided. A failure here leaves only
-    /// unserved points behind (their chunk text is not live), which `verify --repair` removes.
+    /// Brings the document store and the vector index in line with what the finish decided. A
+    /// failure here leaves only unserved chunks or points behind, which `verify --repair` removes;
+    /// a live version that cannot be published is queued again at once.
     async fn after_finish(&self, job: &ClaimedJob, finish: Finish, collection: &str) {
+        let documents = &self.storage.documents;
+        let (doc, version) = (job.document_id, job.document_version);
+        let settled = match finish {
+            Finish::Live => match documents.publish(doc, version).await {
+                Ok(()) => Ok(()),
+                // The version is live in the database but its text is not served: queue the
+                // document again (durably), so it is published once the store answers.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot publish the chunks; the document is queued again");
+                    self.storage.metadata.reindex(doc).await.map(drop)
+                }
+            },
+            Finish::LeaseLost => Ok(()),
+            Finish::Superseded => documents.discard(doc, Some(version)).await,
+            Finish::Deleted => documents.delete_document(doc, None).await.map(drop),
+        };
+        if let Err(e) = settled {
+            tracing::warn!(error = %e, ?finish, "cannot settle the staged chunks; verify --repair will");
+        }
         if finish == Finish::Live {
             // First, before the slower vector clean-up: the job reads "done" from now on, and a
             // client that saw it must not be served a result cached before the new text.
             self.storage.cache.invalidate_collection(collection).await;
         }
         let vectors = &self.storage.vectors;
-        let (doc, version) = (job.document_id, job.document_version);
         let cleaned = match finish {
             // Earlier versions' points (and those of any stale worker) go. A first version on
             // its first attempt has none.

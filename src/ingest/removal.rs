@@ -1,5 +1,6 @@
 //! Complete deletion. The metadata store removes the document, its chunk text and jobs and records
-//! a deletion in one transaction; then the vectors and the cache follow. When the vector index
+//! a deletion in one transaction; then the cache, a separate document store and the vectors
+//! follow. When the vector index
 //! refuses, or a worker that was indexing the document may still write points, the recorded
 //! deletion stays and the sweeper finishes it, so a deleted document is never served again.
 
@@ -27,7 +28,9 @@ impl IngestService {
         // From here the document is gone for list, search (no chunk text) and answers; the cache
         // is next so no cached result shows it.
         self.storage.cache.invalidate_collection(&collection).await;
-        let swept = self.storage.vectors.delete_document(document_id).await;
+        let swept = self
+            .sweep_stores(document_id, deleted.document.content_ref)
+            .await;
         let finished = swept.is_ok() && !deleted.was_indexing;
         if finished {
             // Nothing can write this document's vectors any more: the deletion is complete.
@@ -46,13 +49,30 @@ impl IngestService {
         Ok(Some((
             deleted.document,
             Removal {
-                chunks: deleted.chunks,
-                vectors: swept.as_ref().copied().unwrap_or(0),
+                chunks: deleted.chunks + swept.as_ref().map_or(0, |s| s.0),
+                vectors: swept.as_ref().map_or(0, |s| s.1),
                 jobs: deleted.jobs,
                 cache_invalidated: true,
                 pending: !finished,
             },
         )))
+    }
+
+    /// Removes a deleted document from the stores beside the metadata store: chunk text and the
+    /// original (when a separate document store keeps them), then the vectors. Returns how many
+    /// chunks and vectors went.
+    async fn sweep_stores(
+        &self,
+        document_id: Uuid,
+        content_ref: Option<Uuid>,
+    ) -> Result<(u64, u64), crate::storage::StorageError> {
+        let chunks = self
+            .storage
+            .documents
+            .delete_document(document_id, content_ref)
+            .await?;
+        let vectors = self.storage.vectors.delete_document(document_id).await?;
+        Ok((chunks, vectors))
     }
 
     /// Finishes recorded deletions until `shutdown`: removes the vectors again (a worker that was
@@ -90,9 +110,7 @@ impl IngestService {
         } in pending
         {
             let outcome = self
-                .storage
-                .vectors
-                .delete_document(document_id)
+                .sweep_stores(document_id, None)
                 .await
                 .map(drop)
                 .map_err(|e| e.to_string());

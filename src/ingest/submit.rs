@@ -1,5 +1,8 @@
 //! Submission: validating an upload against the limits and storing it with its job in one
-//! transaction, so an acknowledged upload is never lost.
+//! transaction (after its bytes, when a separate document store keeps them), so an acknowledged
+//! upload is never lost.
+
+use uuid::Uuid;
 
 use super::parse::{self, ContentKind, ParseError};
 use super::{DEFAULT_COLLECTION, IngestError, IngestService, Upload};
@@ -9,15 +12,46 @@ use crate::storage::{NewDocument, Submitted};
 impl IngestService {
     pub(super) async fn submit_upload(&self, upload: Upload) -> Result<Submitted, IngestError> {
         let (kind, doc) = self.validate(upload)?;
-        let doc = precheck(kind, doc).await?;
+        let mut doc = precheck(kind, doc).await?;
         let collection = doc.collection.clone();
-        let submitted = self.storage.metadata.submit_document(doc).await?;
+        let documents = &self.storage.documents;
+        // A separate document store gets the bytes first, under a fresh id the document row
+        // then refers to: a crash in between leaves an unreferenced upload (`verify` lists it),
+        // never a job whose content is missing.
+        if !documents.inline() {
+            let content_ref = Uuid::new_v4();
+            documents
+                .put_original(content_ref, doc.content.clone())
+                .await?;
+            doc.content_ref = Some(content_ref);
+        }
+        let content_ref = doc.content_ref;
+        let submitted = match self.storage.metadata.submit_document(doc).await {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(r) = content_ref {
+                    self.forget_original(r).await;
+                }
+                return Err(e.into());
+            }
+        };
         metrics::counter!("ingest_documents_submitted_total").increment(1);
+        if let Some(previous) = submitted.previous_content_ref {
+            self.forget_original(previous).await;
+        }
         if submitted.replaced {
             self.storage.cache.invalidate_collection(&collection).await;
         }
         self.wake.notify_one();
         Ok(submitted)
+    }
+
+    /// Removes an upload nothing refers to; one left behind only costs space until `verify
+    /// --repair`.
+    async fn forget_original(&self, content_ref: Uuid) {
+        if let Err(e) = self.storage.documents.delete_original(content_ref).await {
+            tracing::warn!(module = "ingest", %content_ref, error = %e, "cannot remove an unreferenced upload; verify --repair will");
+        }
     }
 
     /// Checks everything but the content itself (see [`precheck`]).
@@ -84,6 +118,7 @@ impl IngestService {
                 content_type: kind.mime().to_string(),
                 metadata: upload.metadata.unwrap_or_default(),
                 content: upload.content,
+                content_ref: None,
                 request_id: upload.request_id,
             },
         ))

@@ -22,6 +22,8 @@ use crate::storage::{ClaimedJob, JobStatus, StorageError};
 pub(super) struct JobFailure {
     pub message: String,
     pub retry: bool,
+    /// A store was unreachable: retried without counting the attempt, however long it lasts.
+    pub outage: bool,
 }
 
 impl JobFailure {
@@ -29,19 +31,25 @@ impl JobFailure {
         Self {
             message: message.into(),
             retry: false,
+            outage: false,
         }
     }
     pub fn transient(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
             retry: true,
+            outage: false,
         }
     }
 }
 
 impl From<StorageError> for JobFailure {
     fn from(e: StorageError) -> Self {
-        JobFailure::transient(e.to_string())
+        let outage = matches!(e, StorageError::Unavailable { .. } | StorageError::Pool(_));
+        JobFailure {
+            outage,
+            ..JobFailure::transient(e.to_string())
+        }
     }
 }
 
@@ -185,8 +193,31 @@ impl IngestService {
     }
 
     /// Records a failed attempt (fenced: only while this worker holds the job). A final failure
-    /// also removes the document's vectors: a failed document is not searchable.
+    /// also removes the document's chunks and vectors: a failed document is not searchable.
     async fn record_failure(&self, job: &ClaimedJob, failure: JobFailure) {
+        if failure.outage {
+            // The first retry's delay, every time: an outage does not make the job any worse.
+            let retry_in = retry_delay(1, &self.settings);
+            match self
+                .storage
+                .metadata
+                .postpone_job(job, &self.worker_id, &failure.message, retry_in)
+                .await
+            {
+                Ok(true) => {
+                    metrics::counter!("ingest_jobs_postponed_total").increment(1);
+                    // The dependency's breaker logs the outage once; one line per job would flood.
+                    tracing::debug!(error = %failure.message, retry_in_ms = retry_in.as_millis() as u64, "a store is unavailable; job postponed");
+                    return;
+                }
+                Ok(false) => return,
+                // The database itself is down: the lease runs out and the job is claimed again.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot postpone the job; its lease will expire");
+                    return;
+                }
+            }
+        }
         let retry_in = failure
             .retry
             .then(|| retry_delay(job.attempts, &self.settings));
@@ -277,18 +308,16 @@ impl IngestService {
     /// version's points are never touched.
     async fn drop_failed_vectors(&self, job: &ClaimedJob) -> Result<(), StorageError> {
         let current = self.storage.metadata.get_document(job.document_id).await?;
+        let (doc, version) = (job.document_id, job.document_version);
+        let storage = &self.storage;
         match current {
-            Some(doc) if doc.version == job.document_version => self
-                .storage
-                .vectors
-                .delete_document(job.document_id)
-                .await
-                .map(drop),
+            Some(current) if current.version == version => {
+                storage.documents.discard(doc, None).await?;
+                storage.vectors.delete_document(doc).await.map(drop)
+            }
             _ => {
-                self.storage
-                    .vectors
-                    .delete_version(job.document_id, job.document_version)
-                    .await
+                storage.documents.discard(doc, Some(version)).await?;
+                storage.vectors.delete_version(doc, version).await
             }
         }
     }

@@ -7,7 +7,9 @@ use futures::FutureExt;
 
 use crate::AppState;
 use crate::api::model::SearchRequest;
-use crate::http::{ApiResult, Check, check_cache, check_database, check_embedder, check_vectors};
+use crate::http::{
+    ApiResult, Check, check_cache, check_database, check_documents, check_embedder, check_vectors,
+};
 
 pub async fn search(
     state: web::Data<AppState>,
@@ -24,12 +26,14 @@ pub fn readiness(
     state: Arc<AppState>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Check>> + Send>> {
     async move {
-        vec![
+        let mut checks = vec![
             check_embedder(&state).await,
             check_vectors(&state).await,
             check_database(&state).await,
             check_cache(&state).await,
-        ]
+        ];
+        checks.extend(check_documents(&state).await);
+        checks
     }
     .boxed()
 }

@@ -8,7 +8,7 @@ use futures::FutureExt;
 use serde_json::json;
 
 use crate::AppState;
-use crate::http::{ApiResult, Check, check_database, check_vectors};
+use crate::http::{ApiResult, Check, check_database, check_documents, check_vectors};
 
 async fn stats(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     let storage = &state.storage;
@@ -61,5 +61,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub fn readiness(
     state: Arc<AppState>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Check>> + Send>> {
-    async move { vec![check_database(&state).await, check_vectors(&state).await] }.boxed()
+    async move {
+        let mut checks = vec![check_database(&state).await, check_vectors(&state).await];
+        checks.extend(check_documents(&state).await);
+        checks
+    }
+    .boxed()
 }

@@ -3,8 +3,10 @@
 //!
 //! - [`MetadataStore`]: documents, jobs and collections (diesel; SQLite by default, PostgreSQL when
 //!   `database.url` is `postgres://…`). The job table is the truth for ingestion work.
-//! - [`DocumentStore`]: original uploads and chunk text (the SQL store now; MongoDB later).
-//! - [`vector::VectorIndex`]: dense + BM25 vectors per chunk (in-process Qdrant now).
+//! - [`DocumentStore`]: original uploads, parsed text and chunk text (the SQL store, inside its
+//!   own transactions; or MongoDB when `documents.mongodb_url` is set).
+//! - [`vector::VectorIndex`]: dense + BM25 vectors per chunk (in-process Qdrant, or a Qdrant
+//!   server when `vectors.qdrant_url` is set).
 //! - [`cache::Cache`]: query results, invalidated per collection when content changes.
 //! - [`security::SecurityStore`]: users, keys, grants, blocks and the audit log (the SQL store).
 //!
@@ -13,12 +15,14 @@
 pub mod breaker;
 pub mod cache;
 pub mod http;
+pub mod mongo;
 pub mod redis;
 pub mod security;
 pub mod sql;
 pub mod vector;
 pub mod verify;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +52,41 @@ pub enum StorageError {
     Corrupt(String),
     #[error("background task failed: {0}")]
     Join(String),
+    /// A server-backed store does not answer (down, timing out, or its circuit is open).
+    #[error("{dependency} is unavailable: {message}")]
+    Unavailable {
+        dependency: Dependency,
+        message: String,
+    },
+}
+
+/// The external servers doc-rag depends on, for errors, metrics and `/ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dependency {
+    Redis,
+    MongoDb,
+    Qdrant,
+}
+
+impl Dependency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dependency::Redis => "redis",
+            Dependency::MongoDb => "mongodb",
+            Dependency::Qdrant => "qdrant",
+        }
+    }
+}
+
+impl std::fmt::Display for Dependency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dependency::Redis => "Redis",
+            Dependency::MongoDb => "MongoDB",
+            Dependency::Qdrant => "the Qdrant server",
+        })
+    }
 }
 
 impl From<diesel::result::Error> for StorageError {
@@ -138,7 +177,11 @@ pub struct NewDocument {
     pub title: String,
     pub content_type: String,
     pub metadata: Map<String, Value>,
+    /// The original bytes (the SQL store keeps them unless `content_ref` is set; size and hash
+    /// are always taken from them).
     pub content: Vec<u8>,
+    /// Set when the bytes were already stored in a separate [`DocumentStore`] under this id.
+    pub content_ref: Option<Uuid>,
     pub request_id: Option<String>,
 }
 
@@ -160,6 +203,10 @@ pub struct Document {
     pub error: Option<String>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// Where a separate document store keeps the original (internal; never sent to clients).
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub content_ref: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -181,6 +228,8 @@ pub struct Submitted {
     pub job_id: Uuid,
     /// True when an existing document with the same `external_id` was replaced.
     pub replaced: bool,
+    /// The replaced upload's `content_ref`, which nothing refers to any more.
+    pub previous_content_ref: Option<Uuid>,
 }
 
 /// A job a worker holds the lease of.
@@ -201,6 +250,17 @@ pub struct StoredChunk {
     pub chunk_index: i32,
     pub text: String,
     pub token_count: i32,
+    /// Byte offset of the chunk in the parsed text, where the store keeps it (MongoDB).
+    pub offset: Option<u64>,
+}
+
+/// What a finished job makes live in the metadata store.
+#[derive(Debug, Clone)]
+pub enum FinishedChunks {
+    /// The chunks themselves: the metadata store keeps their text (SQL documents).
+    Inline(Vec<StoredChunk>),
+    /// Only their number: a separate [`DocumentStore`] holds them, staged before the finish.
+    Stored(i64),
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
@@ -279,7 +339,7 @@ pub trait MetadataStore: Send + Sync + 'static {
         &self,
         job: &ClaimedJob,
         worker: &str,
-        chunks: Vec<StoredChunk>,
+        chunks: FinishedChunks,
     ) -> Result<Finish, StorageError>;
     /// Records a failure of a job `worker` holds. `retry_in` puts the job back in the queue,
     /// claimable after that delay (unless attempts are used up); `None`, or no attempts left,
@@ -293,6 +353,16 @@ pub trait MetadataStore: Send + Sync + 'static {
         retry_in: Option<Duration>,
         max_attempts: i32,
     ) -> Result<Option<JobStatus>, StorageError>;
+    /// Puts a job `worker` holds back in the queue, claimable after `retry_in`, without counting
+    /// the attempt: a dependency outage is nobody's fault, and jobs must outlive it. False when
+    /// the worker no longer holds the job.
+    async fn postpone_job(
+        &self,
+        job: &ClaimedJob,
+        worker: &str,
+        error: &str,
+        retry_in: Duration,
+    ) -> Result<bool, StorageError>;
     /// Every document's indexing state and stored chunk count, for `verify`.
     async fn inventory(&self) -> Result<Inventory, StorageError>;
     /// Queues a fresh job for the document's current version (`verify --repair`).
@@ -356,6 +426,8 @@ pub struct DocumentState {
     pub stored_chunks: i64,
     /// Queued or running jobs for it.
     pub active_jobs: i64,
+    /// Where a separate document store keeps its original.
+    pub content_ref: Option<Uuid>,
 }
 
 /// What `verify` compares against the other stores.
@@ -368,19 +440,53 @@ pub struct Inventory {
     pub stuck_jobs: Vec<Uuid>,
 }
 
-/// Original uploads and chunk text.
+/// Original uploads, parsed text and chunk text.
+///
+/// The metadata store is the truth for which version of a document is live. The SQL backend
+/// writes originals and chunks inside the metadata store's own transactions, so its write calls
+/// here have nothing left to do ([`DocumentStore::inline`] is true). A separate store (MongoDB)
+/// is written around those transactions: the original before the document row that refers to it,
+/// a version's chunks staged (unserved) before the fenced finish and published after it. A crash
+/// between the two leaves only unreferenced or unpublished data, which `verify` finds.
 #[async_trait]
 pub trait DocumentStore: Send + Sync + 'static {
-    async fn get_original(&self, document_id: Uuid) -> Result<Option<Vec<u8>>, StorageError>;
-    /// Replaces all chunks of a document with `chunks`, atomically.
-    async fn replace_chunks(
+    /// True when the metadata store keeps originals and chunks itself (SQL).
+    fn inline(&self) -> bool;
+    /// Stores an upload under `content_ref`, before the metadata store refers to it.
+    async fn put_original(&self, content_ref: Uuid, content: Vec<u8>) -> Result<(), StorageError>;
+    /// The original bytes of `doc`.
+    async fn get_original(&self, doc: &Document) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Removes an upload nothing refers to (a replaced one, or one whose submit failed).
+    async fn delete_original(&self, content_ref: Uuid) -> Result<(), StorageError>;
+    /// Writes a version's parsed text and chunks, not served until [`DocumentStore::publish`].
+    async fn stage(
         &self,
         document_id: Uuid,
+        version: i64,
+        text: String,
         chunks: Vec<StoredChunk>,
     ) -> Result<(), StorageError>;
-    /// The chunks with these ids that exist, in no particular order.
+    /// Serves `version`'s chunks and drops every other version's.
+    async fn publish(&self, document_id: Uuid, version: i64) -> Result<(), StorageError>;
+    /// Drops the chunks and text of one version, or of every version (a failed document).
+    async fn discard(&self, document_id: Uuid, version: Option<i64>) -> Result<(), StorageError>;
+    /// Removes everything of a deleted document: chunks, texts and its original.
+    async fn delete_document(
+        &self,
+        document_id: Uuid,
+        content_ref: Option<Uuid>,
+    ) -> Result<u64, StorageError>;
+    /// The served chunks with these ids that exist, in no particular order.
     async fn get_chunks(&self, ids: Vec<Uuid>) -> Result<Vec<StoredChunk>, StorageError>;
-    async fn count_chunks(&self, document_id: Uuid) -> Result<i64, StorageError>;
+    /// Served chunks per document, for `verify` (a separate store only; SQL counts its own rows
+    /// in [`MetadataStore::inventory`]).
+    async fn chunk_counts(&self) -> Result<HashMap<Uuid, i64>, StorageError>;
+    /// Every stored upload id with its age, for `verify` to find unreferenced ones.
+    async fn original_refs(
+        &self,
+    ) -> Result<Vec<(Uuid, chrono::DateTime<chrono::Utc>)>, StorageError>;
+    /// Whether the store answers; `Err` names what is wrong.
+    async fn health(&self) -> Result<(), StorageError>;
     fn backend(&self) -> &'static str;
 }
 

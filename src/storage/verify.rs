@@ -35,7 +35,7 @@ pub struct Checked {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Problem {
     /// `missing_chunks`, `missing_vectors`, `stale_vectors`, `orphan_vectors`, `orphan_chunks`,
-    /// `stuck_job` or `stuck_document`.
+    /// `orphan_original`, `stuck_job` or `stuck_document`.
     pub kind: String,
     pub id: Uuid,
     pub detail: String,
@@ -43,8 +43,37 @@ pub struct Problem {
 
 /// Compares the stores; with `repair`, fixes what it found.
 pub async fn verify(storage: &Storage, repair: bool) -> Result<VerifyReport, StorageError> {
-    let inventory = storage.metadata.inventory().await?;
+    let mut inventory = storage.metadata.inventory().await?;
     let points = storage.vectors.inventory().await?;
+    let separate = !storage.documents.inline();
+    let mut stale_originals = Vec::new();
+    if separate {
+        // Chunk text lives in the document store: count it there, and find what it holds for
+        // documents that are gone, and uploads no document refers to.
+        let counts = storage.documents.chunk_counts().await?;
+        let known: HashSet<Uuid> = inventory.documents.iter().map(|d| d.id).collect();
+        for doc in &mut inventory.documents {
+            doc.stored_chunks = counts.get(&doc.id).copied().unwrap_or(0);
+        }
+        inventory
+            .orphan_chunk_documents
+            .extend(counts.keys().filter(|d| !known.contains(d)));
+        let referenced: HashSet<Uuid> = inventory
+            .documents
+            .iter()
+            .filter_map(|d| d.content_ref)
+            .collect();
+        // An upload is stored just before its document row; give a submit in flight time.
+        let settled = chrono::Utc::now() - chrono::Duration::minutes(10);
+        stale_originals = storage
+            .documents
+            .original_refs()
+            .await?
+            .into_iter()
+            .filter(|(r, at)| !referenced.contains(r) && *at < settled)
+            .map(|(r, _)| r)
+            .collect();
+    }
     let mut by_doc: HashMap<Uuid, Vec<(i64, u64)>> = HashMap::new();
     for (&(doc, version), &n) in &points {
         by_doc.entry(doc).or_default().push((version, n));
@@ -159,6 +188,13 @@ pub async fn verify(storage: &Storage, repair: bool) -> Result<VerifyReport, Sto
             "chunk rows of a document that does not exist".into(),
         );
     }
+    for upload in &stale_originals {
+        problem(
+            "orphan_original",
+            *upload,
+            "an upload no document refers to".into(),
+        );
+    }
     for job in &inventory.stuck_jobs {
         problem(
             "stuck_job",
@@ -191,7 +227,20 @@ pub async fn verify(storage: &Storage, repair: bool) -> Result<VerifyReport, Sto
             .repaired
             .push(format!("removed vectors of document {id}"));
     }
-    if !inventory.orphan_chunk_documents.is_empty() {
+    if separate {
+        for doc in &inventory.orphan_chunk_documents {
+            let n = storage.documents.delete_document(*doc, None).await?;
+            report
+                .repaired
+                .push(format!("removed {n} orphan chunks of document {doc}"));
+        }
+        for upload in stale_originals {
+            storage.documents.delete_original(upload).await?;
+            report
+                .repaired
+                .push(format!("removed unreferenced upload {upload}"));
+        }
+    } else if !inventory.orphan_chunk_documents.is_empty() {
         let n = storage.metadata.delete_orphan_chunks().await?;
         report
             .repaired

@@ -449,3 +449,79 @@ pub fn free_port() -> u16 {
 pub fn redis_url() -> String {
     std::env::var("DOCRAG_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
+
+/// `secantusd-py` (SecantusDB, a MongoDB-wire-compatible server from PyPI), which
+/// `scripts/ensure-services.sh` installs into a venv; `DOCRAG_TEST_SECANTUSD` overrides.
+pub fn secantusd() -> PathBuf {
+    std::env::var_os("DOCRAG_TEST_SECANTUSD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/doc-rag-venv/bin/secantusd-py")
+        })
+}
+
+/// A MongoDB-compatible server of one test's own, on `port`; in memory, or in `storage` (a
+/// directory) so its data outlives a kill and restart.
+pub struct MongoServer {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl MongoServer {
+    pub fn start(port: u16, storage: Option<&std::path::Path>) -> Self {
+        let bin = secantusd();
+        assert!(
+            bin.exists(),
+            "{} is missing: `make check-services` installs SecantusDB (PyPI) into a venv",
+            bin.display()
+        );
+        let storage = storage.map_or(":memory:".to_string(), |p| p.display().to_string());
+        let child = std::process::Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--storage-path", &storage, "--log-level", "WARNING"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("secantusd-py starts");
+        // Owned at once, so a failed start below still kills and reaps it (Drop).
+        let server = Self { child, port };
+        for _ in 0..400 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("secantusd-py did not listen on port {port} within 20 s");
+    }
+
+    pub fn url(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+    }
+
+    /// SIGKILL, as a crash would; the port is free again when this returns.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for MongoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `(key, value)` pairs that put a test app's documents in MongoDB at `url`, in a database of
+/// its own.
+pub fn mongo_settings(url: &str) -> Vec<(String, String)> {
+    vec![
+        ("documents.mongodb_url".into(), url.into()),
+        (
+            "documents.mongodb_database".into(),
+            format!("docrag_{}", uuid::Uuid::new_v4().simple()),
+        ),
+        ("documents.timeout_ms".into(), "2000".into()),
+    ]
+}

@@ -8,6 +8,7 @@
 
 pub mod schema;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -26,8 +27,8 @@ use uuid::Uuid;
 use self::schema::{chunks, collections, deletions, document_contents, documents, jobs};
 use super::{
     ClaimedJob, CollectionInfo, DeletedDocument, Deletion, Document, DocumentState, DocumentStatus,
-    DocumentStore, Finish, Inventory, Job, JobCounts, JobStatus, MetadataStats, MetadataStore,
-    NewDocument, StorageError, StoredChunk, Submitted,
+    DocumentStore, Finish, FinishedChunks, Inventory, Job, JobCounts, JobStatus, MetadataStats,
+    MetadataStore, NewDocument, StorageError, StoredChunk, Submitted,
 };
 use crate::config::{DatabaseKind, DatabaseSettings};
 
@@ -86,6 +87,17 @@ macro_rules! write_chunks {
         }
         Ok::<(), StorageError>(())
     }};
+}
+
+/// A job's row while `worker` holds its lease: every write a worker makes to its job is fenced by
+/// this, so a worker that lost the job changes nothing.
+macro_rules! held_job {
+    ($job_id:expr, $worker:expr) => {
+        jobs::table
+            .find($job_id)
+            .filter(jobs::status.eq(JobStatus::Running.as_str()))
+            .filter(jobs::lease_owner.eq($worker))
+    };
 }
 
 /// What differs between the backends.
@@ -220,6 +232,7 @@ struct DocumentRow {
     error: Option<String>,
     created_at: i64,
     updated_at: i64,
+    content_ref: Option<String>,
 }
 
 impl DocumentRow {
@@ -241,6 +254,7 @@ impl DocumentRow {
             error: self.error,
             created_at: to_time(self.created_at),
             updated_at: to_time(self.updated_at),
+            content_ref: self.content_ref.as_deref().map(parse_uuid).transpose()?,
         })
     }
 }
@@ -317,6 +331,8 @@ struct InventoryRow {
     stored_chunks: i64,
     #[diesel(sql_type = BigInt)]
     active_jobs: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    content_ref: Option<String>,
 }
 
 #[derive(QueryableByName)]
@@ -493,17 +509,18 @@ impl MetadataStore for SqlStore {
                     .on_conflict(collections::name)
                     .do_nothing()
                     .execute(c)?;
-                let existing: Option<(String, i64)> = match &doc.external_id {
+                let content_ref = doc.content_ref.map(|r| r.to_string());
+                let existing: Option<(String, i64, Option<String>)> = match &doc.external_id {
                     Some(ext) => documents::table
                         .filter(documents::collection.eq(&doc.collection))
                         .filter(documents::external_id.eq(ext))
-                        .select((documents::id, documents::version))
+                        .select((documents::id, documents::version, documents::content_ref))
                         .first(c)
                         .optional()?,
                     None => None,
                 };
-                let (id, version, replaced) = match existing {
-                    Some((id, version)) => {
+                let (id, version, previous_content_ref) = match existing {
+                    Some((id, version, previous_ref)) => {
                         let version = version + 1;
                         diesel::update(documents::table.find(&id))
                             .set((
@@ -516,11 +533,12 @@ impl MetadataStore for SqlStore {
                                 documents::sha256.eq(&sha256),
                                 documents::error.eq(None::<String>),
                                 documents::updated_at.eq(now),
+                                documents::content_ref.eq(&content_ref),
                             ))
                             .execute(c)?;
-                        diesel::update(document_contents::table.find(&id))
-                            .set(document_contents::content.eq(&doc.content))
-                            .execute(c)?;
+                        // Written anew below: the bytes may move between here and a separate
+                        // store.
+                        diesel::delete(document_contents::table.find(&id)).execute(c)?;
                         // Jobs for the previous version have nothing left to do.
                         diesel::update(
                             jobs::table
@@ -533,7 +551,7 @@ impl MetadataStore for SqlStore {
                             jobs::updated_at.eq(now),
                         ))
                         .execute(c)?;
-                        (id, version, true)
+                        (id, version, Some(previous_ref))
                     }
                     None => {
                         let id = Uuid::new_v4().to_string();
@@ -552,20 +570,28 @@ impl MetadataStore for SqlStore {
                             error: None,
                             created_at: now,
                             updated_at: now,
+                            content_ref: content_ref.clone(),
                         };
                         diesel::insert_into(documents::table).values(&row).execute(c)?;
-                        diesel::insert_into(document_contents::table)
-                            .values((
-                                document_contents::document_id.eq(&id),
-                                document_contents::content.eq(&doc.content),
-                            ))
-                            .execute(c)?;
-                        (id, 1, false)
+                        (id, 1, None)
                     }
                 };
+                if content_ref.is_none() {
+                    diesel::insert_into(document_contents::table)
+                        .values((
+                            document_contents::document_id.eq(&id),
+                            document_contents::content.eq(&doc.content),
+                        ))
+                        .execute(c)?;
+                }
                 let job = new_job_row(&id, version, doc.request_id.clone(), now);
                 diesel::insert_into(jobs::table).values(&job).execute(c)?;
-                Ok(Submitted { document_id: parse_uuid(&id)?, job_id: parse_uuid(&job.id)?, replaced })
+                Ok(Submitted {
+                    document_id: parse_uuid(&id)?,
+                    job_id: parse_uuid(&job.id)?,
+                    replaced: previous_content_ref.is_some(),
+                    previous_content_ref: previous_content_ref.flatten().as_deref().map(parse_uuid).transpose()?,
+                })
             });
             match result {
                 Err(StorageError::Conflict(_)) => Err(
@@ -771,10 +797,7 @@ impl MetadataStore for SqlStore {
         self.blocking(move |pool| with_conn!(pool, c => {
             let now = now_ms();
             let n = diesel::update(
-                jobs::table
-                    .find(job_id.to_string())
-                    .filter(jobs::status.eq(JobStatus::Running.as_str()))
-                    .filter(jobs::lease_owner.eq(&worker)),
+                held_job!(job_id.to_string(), &worker),
             )
             .set((jobs::lease_until.eq(now + lease.as_millis() as i64), jobs::updated_at.eq(now)))
             .execute(c)?;
@@ -787,7 +810,7 @@ impl MetadataStore for SqlStore {
         &self,
         job: &ClaimedJob,
         worker: &str,
-        new_chunks: Vec<StoredChunk>,
+        new_chunks: FinishedChunks,
     ) -> Result<Finish, StorageError> {
         let job = job.clone();
         let worker = worker.to_string();
@@ -797,10 +820,7 @@ impl MetadataStore for SqlStore {
                     let now = now_ms();
                     let job_id = job.job_id.to_string();
                     let doc_id = job.document_id.to_string();
-                    let held: i64 = jobs::table
-                        .find(&job_id)
-                        .filter(jobs::status.eq(JobStatus::Running.as_str()))
-                        .filter(jobs::lease_owner.eq(&worker))
+                    let held: i64 = held_job!(&job_id, &worker)
                         .count()
                         .get_result(c)?;
                     if held == 0 {
@@ -830,8 +850,13 @@ impl MetadataStore for SqlStore {
                             Ok(Finish::Superseded)
                         }
                         Some(_) => {
-                            let n = new_chunks.len() as i64;
-                            write_chunks!(c, &doc_id, &new_chunks)?;
+                            let n = match &new_chunks {
+                                FinishedChunks::Inline(chunks) => {
+                                    write_chunks!(c, &doc_id, chunks)?;
+                                    chunks.len() as i64
+                                }
+                                FinishedChunks::Stored(n) => *n,
+                            };
                             diesel::update(documents::table.find(&doc_id))
                                 .set((
                                     documents::status.eq(DocumentStatus::Indexed.as_str()),
@@ -869,10 +894,7 @@ impl MetadataStore for SqlStore {
                 let status = if retry_in.is_some() && job.attempts < max_attempts { JobStatus::Queued } else { JobStatus::Failed };
                 let not_before = retry_in.map(|d| now + d.as_millis() as i64);
                 let updated = diesel::update(
-                    jobs::table
-                        .find(job.job_id.to_string())
-                        .filter(jobs::status.eq(JobStatus::Running.as_str()))
-                        .filter(jobs::lease_owner.eq(&worker)),
+                    held_job!(job.job_id.to_string(), &worker),
                 )
                 .set((
                     jobs::status.eq(status.as_str()),
@@ -911,10 +933,51 @@ impl MetadataStore for SqlStore {
         .await
     }
 
+    async fn postpone_job(
+        &self,
+        job: &ClaimedJob,
+        worker: &str,
+        error: &str,
+        retry_in: Duration,
+    ) -> Result<bool, StorageError> {
+        let job = job.clone();
+        let worker = worker.to_string();
+        let error = error.to_string();
+        self.blocking(move |pool| with_conn!(pool, c => {
+            c.write_txn(|c| {
+                let now = now_ms();
+                let updated = diesel::update(
+                    held_job!(job.job_id.to_string(), &worker),
+                )
+                .set((
+                    jobs::status.eq(JobStatus::Queued.as_str()),
+                    jobs::attempts.eq(jobs::attempts - 1),
+                    jobs::not_before.eq(Some(now + retry_in.as_millis() as i64)),
+                    jobs::error.eq(&error),
+                    jobs::lease_owner.eq(None::<String>),
+                    jobs::lease_until.eq(None::<i64>),
+                    jobs::updated_at.eq(now),
+                ))
+                .execute(c)?;
+                if updated == 1 {
+                    diesel::update(
+                        documents::table
+                            .find(job.document_id.to_string())
+                            .filter(documents::version.eq(job.document_version)),
+                    )
+                    .set((documents::status.eq(DocumentStatus::Queued.as_str()), documents::updated_at.eq(now)))
+                    .execute(c)?;
+                }
+                Ok(updated == 1)
+            })
+        }))
+        .await
+    }
+
     async fn inventory(&self) -> Result<Inventory, StorageError> {
         self.blocking(|pool| with_conn!(pool, c => c.snapshot(|c| {
             let rows: Vec<InventoryRow> = diesel::sql_query(
-                "SELECT d.id, d.collection, d.version, d.status, d.chunk_count, \
+                "SELECT d.id, d.collection, d.version, d.status, d.chunk_count, d.content_ref, \
                    CAST((SELECT COUNT(*) FROM chunks k WHERE k.document_id = d.id) AS BIGINT) AS stored_chunks, \
                    CAST((SELECT COUNT(*) FROM jobs j WHERE j.document_id = d.id \
                          AND j.status IN ('queued', 'running')) AS BIGINT) AS active_jobs \
@@ -932,6 +995,7 @@ impl MetadataStore for SqlStore {
                         chunk_count: r.chunk_count,
                         stored_chunks: r.stored_chunks,
                         active_jobs: r.active_jobs,
+                        content_ref: r.content_ref.as_deref().map(parse_uuid).transpose()?,
                     })
                 })
                 .collect::<Result<Vec<_>, StorageError>>()?;
@@ -1110,13 +1174,25 @@ fn claim_sql<C: Dialect>(_: &C) -> &'static str {
     C::CLAIM_SQL
 }
 
+/// Originals and chunks ride in the metadata transactions (`submit_document`, `finish_job`,
+/// `fail_job`, `delete_document`), so the writes of the document-store protocol have nothing left
+/// to do here.
 #[async_trait]
 impl DocumentStore for SqlStore {
-    async fn get_original(&self, document_id: Uuid) -> Result<Option<Vec<u8>>, StorageError> {
+    fn inline(&self) -> bool {
+        true
+    }
+
+    async fn put_original(&self, _: Uuid, _: Vec<u8>) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    async fn get_original(&self, doc: &Document) -> Result<Option<Vec<u8>>, StorageError> {
+        let id = doc.id.to_string();
         self.blocking(move |pool| {
             with_conn!(pool, c => {
                 Ok(document_contents::table
-                    .find(document_id.to_string())
+                    .find(&id)
                     .select(document_contents::content)
                     .first::<Vec<u8>>(c)
                     .optional()?)
@@ -1125,17 +1201,30 @@ impl DocumentStore for SqlStore {
         .await
     }
 
-    async fn replace_chunks(
+    async fn delete_original(&self, _: Uuid) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    async fn stage(
         &self,
-        document_id: Uuid,
-        new_chunks: Vec<StoredChunk>,
+        _: Uuid,
+        _: i64,
+        _: String,
+        _: Vec<StoredChunk>,
     ) -> Result<(), StorageError> {
-        self.blocking(move |pool| {
-            with_conn!(pool, c => {
-                c.write_txn(|c| write_chunks!(c, &document_id.to_string(), &new_chunks))
-            })
-        })
-        .await
+        Ok(())
+    }
+
+    async fn publish(&self, _: Uuid, _: i64) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    async fn discard(&self, _: Uuid, _: Option<i64>) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    async fn delete_document(&self, _: Uuid, _: Option<Uuid>) -> Result<u64, StorageError> {
+        Ok(0)
     }
 
     async fn get_chunks(&self, ids: Vec<Uuid>) -> Result<Vec<StoredChunk>, StorageError> {
@@ -1157,6 +1246,7 @@ impl DocumentStore for SqlStore {
                             chunk_index: r.chunk_index,
                             text: r.text,
                             token_count: r.token_count,
+                            offset: None,
                         })
                     })
                     .collect()
@@ -1165,16 +1255,16 @@ impl DocumentStore for SqlStore {
         .await
     }
 
-    async fn count_chunks(&self, document_id: Uuid) -> Result<i64, StorageError> {
-        self.blocking(move |pool| {
-            with_conn!(pool, c => {
-                Ok(chunks::table
-                    .filter(chunks::document_id.eq(document_id.to_string()))
-                    .count()
-                    .get_result::<i64>(c)?)
-            })
-        })
-        .await
+    async fn chunk_counts(&self) -> Result<HashMap<Uuid, i64>, StorageError> {
+        Ok(HashMap::new())
+    }
+
+    async fn original_refs(&self) -> Result<Vec<(Uuid, DateTime<Utc>)>, StorageError> {
+        Ok(Vec::new())
+    }
+
+    async fn health(&self) -> Result<(), StorageError> {
+        MetadataStore::ping(self).await
     }
 
     fn backend(&self) -> &'static str {

@@ -24,6 +24,7 @@ diesel::table! {
         error -> Nullable<Text>,
         created_at -> BigInt,
         updated_at -> BigInt,
+        content_ref -> Nullable<Text>,
     }
 }
 

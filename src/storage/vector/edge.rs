@@ -44,22 +44,18 @@ use qdrant_edge::{
     VectorInternal, VectorPersisted, VectorStructPersisted, WalOptions, WithPayloadInterface,
     WithVector,
 };
-use serde_json::{Map, Value};
+use serde_json::Value;
 use uuid::Uuid;
 
-use super::{ChunkPayload, IndexPoint, SearchMode, SparseVec, VectorHit, VectorIndex, VectorQuery};
+use super::{
+    ChunkPayload, DENSE_VECTOR, IndexPoint, KEYWORD_FIELDS, MatchValue, Plan, SPARSE_VECTOR,
+    SparseVec, VectorHit, VectorIndex, VectorQuery, bad_key, check_dense, payload_object,
+    scope_conditions,
+};
 use crate::storage::StorageError;
 
-/// Named vector holding the chunk embedding.
-const DENSE_VECTOR: &str = "dense";
-/// Named sparse vector holding the chunk's BM25 term weights.
-const SPARSE_VECTOR: &str = "bm25";
 /// Written by `EdgeShard::new`; its presence means the directory already holds a shard.
 const EDGE_CONFIG_FILE: &str = "edge_config.json";
-/// Payload fields every delete and most searches filter on.
-const INDEXED_FIELDS: [&str; 2] = ["document_id", "collection"];
-/// Where the document's user metadata sits in the payload; filter keys are relative to it.
-const METADATA_FIELD: &str = "metadata";
 
 /// The WAL is pruned once it holds this much (it is never read back; see the module docs).
 pub const WAL_ROTATE_BYTES: u64 = 32 << 20;
@@ -218,17 +214,6 @@ impl EdgeVectorIndex {
     pub fn wal_bytes(&self) -> u64 {
         dir_bytes(&self.dir.join(WAL_DIR))
     }
-
-    fn check_dense(&self, what: &str, vector: &[f32]) -> Result<(), StorageError> {
-        if vector.len() != self.dim {
-            return Err(StorageError::Vector(format!(
-                "{what} has {} dimensions, the index expects {}",
-                vector.len(),
-                self.dim
-            )));
-        }
-        Ok(())
-    }
 }
 
 #[async_trait]
@@ -312,48 +297,18 @@ impl VectorIndex for EdgeVectorIndex {
         if query.limit == 0 {
             return Ok(Vec::new());
         }
-        let filter = build_filter(
-            query.collection.as_deref(),
-            query.collections.as_deref(),
-            query.filter.as_ref(),
-        )?;
-
-        let dense = match query.mode {
-            SearchMode::Keyword => None,
-            SearchMode::Dense | SearchMode::Hybrid => {
-                let dense = query.dense.ok_or_else(|| {
-                    StorageError::Vector(format!(
-                        "{:?} search needs a dense query vector",
-                        query.mode
-                    ))
-                })?;
-                self.check_dense("the dense query vector", &dense)?;
-                Some(dense)
+        let filter = build_filter(&query)?;
+        let scoring = match Plan::of(&query, self.dim)? {
+            Plan::Empty => return Ok(Vec::new()),
+            Plan::Dense(dense) => nearest(DENSE_VECTOR, VectorInternal::from(dense)),
+            Plan::Sparse(sparse) => {
+                nearest(SPARSE_VECTOR, VectorInternal::from(to_sparse(sparse)?))
             }
-        };
-        let sparse = match query.mode {
-            SearchMode::Dense => None,
-            SearchMode::Keyword => Some(query.sparse.ok_or_else(|| {
-                StorageError::Vector("keyword search needs a sparse query vector".into())
-            })?),
-            SearchMode::Hybrid => query.sparse,
-        };
-        // A query of only stopwords embeds to nothing; it matches nothing rather than failing.
-        let sparse = sparse
-            .filter(|s| !s.indices.is_empty())
-            .map(to_sparse)
-            .transpose()?;
-
-        let scoring = match (dense, sparse) {
-            (None, None) => return Ok(Vec::new()),
-            (Some(dense), None) => nearest(DENSE_VECTOR, VectorInternal::from(dense)),
-            (None, Some(sparse)) => nearest(SPARSE_VECTOR, VectorInternal::from(sparse)),
-            (Some(dense), Some(sparse)) => {
-                let prefetch_limit = if query.prefetch_limit == 0 {
-                    query.limit
-                } else {
-                    query.prefetch_limit
-                };
+            Plan::Hybrid {
+                dense,
+                sparse,
+                prefetch_limit,
+            } => {
                 let prefetch = |query| Prefetch {
                     prefetches: Vec::new(),
                     query: Some(query),
@@ -365,7 +320,10 @@ impl VectorIndex for EdgeVectorIndex {
                 let fused = QueryRequest {
                     prefetches: vec![
                         prefetch(nearest(DENSE_VECTOR, VectorInternal::from(dense))),
-                        prefetch(nearest(SPARSE_VECTOR, VectorInternal::from(sparse))),
+                        prefetch(nearest(
+                            SPARSE_VECTOR,
+                            VectorInternal::from(to_sparse(sparse)?),
+                        )),
                     ],
                     query: Some(ScoringQuery::Fusion(Fusion::Rrf {
                         k: query.rrf_k,
@@ -441,18 +399,10 @@ impl EdgeVectorIndex {
             sparse,
             payload,
         } = point;
-        self.check_dense(&format!("the dense vector of chunk {id}"), &dense)?;
+        check_dense(&format!("the dense vector of chunk {id}"), &dense, self.dim)?;
         let sparse =
             to_sparse(sparse).map_err(|e| StorageError::Vector(format!("chunk {id}: {e}")))?;
-        let payload = match serde_json::to_value(&payload) {
-            Ok(Value::Object(map)) => Payload(map),
-            Ok(_) => {
-                return Err(StorageError::Vector(format!(
-                    "chunk {id}: payload is not a JSON object"
-                )));
-            }
-            Err(e) => return Err(StorageError::Vector(format!("chunk {id}: payload: {e}"))),
-        };
+        let payload = Payload(payload_object(id, &payload)?);
         let vectors = HashMap::from([
             (DENSE_VECTOR.to_string(), VectorPersisted::Dense(dense)),
             (SPARSE_VECTOR.to_string(), VectorPersisted::Sparse(sparse)),
@@ -632,7 +582,7 @@ fn ensure_payload_indexes(shard: &EdgeShard, gate: &Mutex<()>) -> Result<(), Sto
 
 /// Keyword indexes on the fields deletes and scoped searches filter on. Idempotent.
 fn create_payload_indexes(shard: &EdgeShard) -> Result<(), StorageError> {
-    for field in INDEXED_FIELDS {
+    for field in KEYWORD_FIELDS {
         let field_name = json_path(field)?;
         let operation =
             UpdateOperation::FieldIndexOperation(FieldIndexOperations::CreateIndex(CreateIndex {
@@ -751,85 +701,29 @@ fn keyword_condition(field: &str, value: String) -> Result<Condition, StorageErr
     )))
 }
 
-/// Builds the engine filter: the collection scope (one, and the caller's readable set) plus one
-/// equality condition per metadata key. Errors are meant for the API caller (it maps them to 400),
-/// so they say what to fix.
-fn build_filter(
-    collection: Option<&str>,
-    collections: Option<&[String]>,
-    filter: Option<&Map<String, Value>>,
-) -> Result<Option<Filter>, StorageError> {
-    let mut conditions = Vec::new();
-    if let Some(collection) = collection {
-        conditions.push(keyword_condition("collection", collection.to_string())?);
-    }
-    if let Some(allowed) = collections {
-        conditions.push(Condition::Field(FieldCondition::new_match(
-            json_path("collection")?,
-            Match::from(allowed.to_vec()),
-        )));
-    }
-    for (key, value) in filter.into_iter().flatten() {
-        check_filter_key(key)?;
-        let path = json_path(&format!("{METADATA_FIELD}.{key}")).map_err(|_| bad_key(key))?;
-        conditions.push(Condition::Field(FieldCondition::new_match(
-            path,
-            filter_match(key, value)?,
-        )));
-    }
+/// The engine filter for the query's scope (see [`scope_conditions`]).
+fn build_filter(query: &VectorQuery) -> Result<Option<Filter>, StorageError> {
+    let conditions = scope_conditions(query)?
+        .into_iter()
+        .map(|c| {
+            let path = json_path(&c.path)
+                .map_err(|_| bad_key(c.path.strip_prefix("metadata.").unwrap_or(&c.path)))?;
+            let matched = match c.value {
+                MatchValue::Keyword(v) => Match::from(v),
+                MatchValue::Integer(v) => Match::from(v),
+                MatchValue::Bool(v) => Match::from(v),
+                MatchValue::Keywords(v) => Match::from(v),
+                MatchValue::Integers(v) => Match::from(v),
+            };
+            Ok(Condition::Field(FieldCondition::new_match(path, matched)))
+        })
+        .collect::<Result<Vec<_>, StorageError>>()?;
     Ok((!conditions.is_empty()).then(|| Filter {
         should: None,
         min_should: None,
         must: Some(conditions),
         must_not: None,
     }))
-}
-
-fn check_filter_key(key: &str) -> Result<(), StorageError> {
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
-    if key.is_empty() || !key.chars().all(allowed) {
-        return Err(bad_key(key));
-    }
-    Ok(())
-}
-
-fn bad_key(key: &str) -> StorageError {
-    StorageError::Vector(format!(
-        "invalid filter key {key:?}: use letters, digits, '_', '-' and '.' (for nested fields), \
-         with no empty parts"
-    ))
-}
-
-fn filter_match(key: &str, value: &Value) -> Result<Match, StorageError> {
-    let unsupported = || {
-        StorageError::Vector(format!(
-            "unsupported filter value for {key:?}: use a string, an integer, a boolean, or an \
-             array of strings or of integers"
-        ))
-    };
-    match value {
-        Value::String(s) => Ok(Match::from(s.clone())),
-        Value::Bool(b) => Ok(Match::from(*b)),
-        Value::Number(n) => n.as_i64().map(Match::from).ok_or_else(unsupported),
-        Value::Array(items) if items.is_empty() => Err(StorageError::Vector(format!(
-            "filter value for {key:?} is an empty array: give at least one value"
-        ))),
-        Value::Array(items) => {
-            let strings: Option<Vec<String>> = items
-                .iter()
-                .map(|v| v.as_str().map(str::to_owned))
-                .collect();
-            let integers: Option<Vec<i64>> = items.iter().map(Value::as_i64).collect();
-            if let Some(strings) = strings {
-                Ok(Match::from(strings))
-            } else if let Some(integers) = integers {
-                Ok(Match::from(integers))
-            } else {
-                Err(unsupported())
-            }
-        }
-        Value::Null | Value::Object(_) => Err(unsupported()),
-    }
 }
 
 fn json_path(path: &str) -> Result<JsonPath, StorageError> {
@@ -847,9 +741,10 @@ mod tests {
     use std::process::{Child, Command, Stdio};
 
     use qdrant_edge::bm25_embed::{EdgeBm25, EdgeBm25Config};
-    use serde_json::json;
+    use serde_json::{Map, json};
 
     use super::*;
+    use crate::storage::vector::SearchMode;
 
     const DIM: usize = 4;
 
@@ -1503,7 +1398,7 @@ mod tests {
         let (near, _, _) = trio();
         let indexed = |index: &EdgeVectorIndex| {
             let schema = current(&index.slot).unwrap().info().payload_schema;
-            INDEXED_FIELDS.map(|f| schema.contains_key(&json_path(f).unwrap()))
+            KEYWORD_FIELDS.map(|f| schema.contains_key(&json_path(f).unwrap()))
         };
         let index = index_with(dir.path(), &[&near]).await;
         assert_eq!(indexed(&index), [true, true]);

@@ -2,9 +2,12 @@
 //! the chunk's document id, collection and metadata in its payload.
 //!
 //! The trait is what the query and ingest modules see; `edge` implements it with the in-process
-//! Qdrant engine (`qdrant-edge`). A Qdrant-server implementation slots in beside it later.
+//! Qdrant engine (`qdrant-edge`), `server` with a Qdrant server over gRPC. Both store the same
+//! layout (named vectors, payload, indexed fields) and translate the same backend-neutral plan
+//! and filter conditions built here, so they rank the same data the same way.
 
 pub mod edge;
+pub mod server;
 
 use std::collections::HashMap;
 
@@ -115,4 +118,187 @@ pub trait VectorIndex: Send + Sync + 'static {
     async fn health(&self) -> Result<(), StorageError>;
     /// A short name for logs and /ready ("qdrant-edge", "qdrant").
     fn backend(&self) -> &'static str;
+}
+
+/// Named vector holding the chunk embedding.
+pub const DENSE_VECTOR: &str = "dense";
+/// Named sparse vector holding the chunk's BM25 term weights (IDF applied by the engine).
+pub const SPARSE_VECTOR: &str = "bm25";
+/// Keyword payload fields every delete and scoped search filters on.
+pub const KEYWORD_FIELDS: [&str; 2] = ["document_id", "collection"];
+/// Where the document's user metadata sits in the payload; filter keys are relative to it.
+pub const METADATA_FIELD: &str = "metadata";
+
+/// What a search runs, after its mode and vectors were checked.
+#[derive(Debug, Clone)]
+pub enum Plan {
+    /// Nothing can match (a keyword query of only stopwords).
+    Empty,
+    Dense(Vec<f32>),
+    Sparse(SparseVec),
+    /// Both retrievers, fused with reciprocal rank fusion.
+    Hybrid {
+        dense: Vec<f32>,
+        sparse: SparseVec,
+        prefetch_limit: usize,
+    },
+}
+
+impl Plan {
+    /// Checks the query's vectors against its mode and the index's dimension `dim`.
+    pub fn of(query: &VectorQuery, dim: usize) -> Result<Self, StorageError> {
+        let dense = match query.mode {
+            SearchMode::Keyword => None,
+            SearchMode::Dense | SearchMode::Hybrid => {
+                let dense = query.dense.clone().ok_or_else(|| {
+                    StorageError::Vector(format!(
+                        "{:?} search needs a dense query vector",
+                        query.mode
+                    ))
+                })?;
+                check_dense("the dense query vector", &dense, dim)?;
+                Some(dense)
+            }
+        };
+        let sparse = match query.mode {
+            SearchMode::Dense => None,
+            SearchMode::Keyword => Some(query.sparse.clone().ok_or_else(|| {
+                StorageError::Vector("keyword search needs a sparse query vector".into())
+            })?),
+            SearchMode::Hybrid => query.sparse.clone(),
+        };
+        // A query of only stopwords embeds to nothing; it matches nothing rather than failing.
+        let sparse = sparse.filter(|s| !s.indices.is_empty());
+        Ok(match (dense, sparse) {
+            (None, None) => Plan::Empty,
+            (Some(dense), None) => Plan::Dense(dense),
+            (None, Some(sparse)) => Plan::Sparse(sparse),
+            (Some(dense), Some(sparse)) => Plan::Hybrid {
+                dense,
+                sparse,
+                prefetch_limit: if query.prefetch_limit == 0 {
+                    query.limit
+                } else {
+                    query.prefetch_limit
+                },
+            },
+        })
+    }
+}
+
+/// A chunk's payload as the JSON object both engines store.
+pub fn payload_object(
+    id: Uuid,
+    payload: &ChunkPayload,
+) -> Result<Map<String, Value>, StorageError> {
+    match serde_json::to_value(payload) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(StorageError::Vector(format!(
+            "chunk {id}: payload is not a JSON object"
+        ))),
+        Err(e) => Err(StorageError::Vector(format!("chunk {id}: payload: {e}"))),
+    }
+}
+
+pub fn check_dense(what: &str, vector: &[f32], dim: usize) -> Result<(), StorageError> {
+    if vector.len() != dim {
+        return Err(StorageError::Vector(format!(
+            "{what} has {} dimensions, the index expects {dim}",
+            vector.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The value one filter condition matches.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MatchValue {
+    Keyword(String),
+    Integer(i64),
+    Bool(bool),
+    /// Any of these.
+    Keywords(Vec<String>),
+    /// Any of these.
+    Integers(Vec<i64>),
+}
+
+/// One equality condition on a payload path; a search's conditions must all hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    pub path: String,
+    pub value: MatchValue,
+}
+
+/// The query's scope as conditions: one collection, the caller's readable set, and one equality
+/// per metadata key. Errors are meant for the API caller (it maps them to 400), so they say what
+/// to fix.
+pub fn scope_conditions(query: &VectorQuery) -> Result<Vec<Condition>, StorageError> {
+    let mut conditions = Vec::new();
+    if let Some(collection) = &query.collection {
+        conditions.push(Condition {
+            path: "collection".into(),
+            value: MatchValue::Keyword(collection.clone()),
+        });
+    }
+    if let Some(allowed) = &query.collections {
+        conditions.push(Condition {
+            path: "collection".into(),
+            value: MatchValue::Keywords(allowed.clone()),
+        });
+    }
+    for (key, value) in query.filter.iter().flatten() {
+        check_filter_key(key)?;
+        conditions.push(Condition {
+            path: format!("{METADATA_FIELD}.{key}"),
+            value: filter_value(key, value)?,
+        });
+    }
+    Ok(conditions)
+}
+
+fn check_filter_key(key: &str) -> Result<(), StorageError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if key.is_empty() || !key.chars().all(allowed) || key.split('.').any(str::is_empty) {
+        return Err(bad_key(key));
+    }
+    Ok(())
+}
+
+pub fn bad_key(key: &str) -> StorageError {
+    StorageError::Vector(format!(
+        "invalid filter key {key:?}: use letters, digits, '_', '-' and '.' (for nested fields), \
+         with no empty parts"
+    ))
+}
+
+fn filter_value(key: &str, value: &Value) -> Result<MatchValue, StorageError> {
+    let unsupported = || {
+        StorageError::Vector(format!(
+            "unsupported filter value for {key:?}: use a string, an integer, a boolean, or an \
+             array of strings or of integers"
+        ))
+    };
+    match value {
+        Value::String(s) => Ok(MatchValue::Keyword(s.clone())),
+        Value::Bool(b) => Ok(MatchValue::Bool(*b)),
+        Value::Number(n) => n.as_i64().map(MatchValue::Integer).ok_or_else(unsupported),
+        Value::Array(items) if items.is_empty() => Err(StorageError::Vector(format!(
+            "filter value for {key:?} is an empty array: give at least one value"
+        ))),
+        Value::Array(items) => {
+            let strings: Option<Vec<String>> = items
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            let integers: Option<Vec<i64>> = items.iter().map(Value::as_i64).collect();
+            if let Some(strings) = strings {
+                Ok(MatchValue::Keywords(strings))
+            } else if let Some(integers) = integers {
+                Ok(MatchValue::Integers(integers))
+            } else {
+                Err(unsupported())
+            }
+        }
+        Value::Null | Value::Object(_) => Err(unsupported()),
+    }
 }
