@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use deadpool_redis::redis::RedisResult;
-use deadpool_redis::{Config, Connection, Pool, PoolConfig, Runtime, Timeouts};
+use deadpool_redis::redis::io::tcp::TcpSettings;
+use deadpool_redis::redis::{IntoConnectionInfo, RedisResult};
+use deadpool_redis::{Connection, Manager, Pool, Runtime};
 
 use super::StorageError;
 use super::breaker::Breaker;
@@ -19,19 +20,22 @@ pub struct RedisClient {
 impl RedisClient {
     /// Builds the pool; it connects lazily, so a Redis that is down at start-up only degrades.
     pub fn new(url: &str, pool_size: usize, timeout: Duration) -> Result<Self, StorageError> {
-        let mut config = Config::from_url(url);
-        config.pool = Some(PoolConfig {
-            max_size: pool_size.max(1),
-            timeouts: Timeouts {
-                wait: Some(timeout),
-                create: Some(timeout),
-                recycle: Some(timeout),
-            },
-            ..Default::default()
-        });
-        let pool = config
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| StorageError::BadUrl(format!("cache.redis_url: {e}")))?;
+        let bad = |e: &dyn std::fmt::Display| StorageError::BadUrl(format!("cache.redis_url: {e}"));
+        // TCP_NODELAY: the redis crate leaves Nagle on, and a pipelined command then waits for
+        // the server's delayed ACK (measured: +12 ms per search on loopback).
+        let info = url
+            .into_connection_info()
+            .map_err(|e| bad(&e))?
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let manager = Manager::new(info).map_err(|e| bad(&e))?;
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| bad(&e))?;
         Ok(Self {
             pool,
             timeout,
