@@ -314,6 +314,18 @@ pub struct Check {
     pub error: Option<String>,
 }
 
+impl Check {
+    /// The outcome of asking a dependency whether it answers.
+    pub fn of<E: std::fmt::Display>(name: &'static str, required: bool, r: Result<(), E>) -> Self {
+        Self {
+            name,
+            required,
+            ok: r.is_ok(),
+            error: r.err().map(|e| e.to_string()),
+        }
+    }
+}
+
 /// A module's own routes.
 pub type Routes = fn(&mut web::ServiceConfig);
 
@@ -363,23 +375,11 @@ pub async fn ready(
 }
 
 pub async fn check_database(state: &AppState) -> Check {
-    let r = state.storage.metadata.ping().await;
-    Check {
-        name: "database",
-        required: true,
-        ok: r.is_ok(),
-        error: r.err().map(|e| e.to_string()),
-    }
+    Check::of("database", true, state.storage.metadata.ping().await)
 }
 
 pub async fn check_vectors(state: &AppState) -> Check {
-    let r = state.storage.vectors.health().await;
-    Check {
-        name: "vector_index",
-        required: true,
-        ok: r.is_ok(),
-        error: r.err().map(|e| e.to_string()),
-    }
+    Check::of("vector_index", true, state.storage.vectors.health().await)
 }
 
 /// Originals and chunk text, when a separate store (MongoDB) keeps them; in the database they
@@ -389,43 +389,20 @@ pub async fn check_documents(state: &AppState) -> Option<Check> {
         return None;
     }
     let r = state.storage.documents.health().await;
-    Some(Check {
-        name: "document_store",
-        required: true,
-        ok: r.is_ok(),
-        error: r.err().map(|e| e.to_string()),
-    })
+    Some(Check::of("document_store", true, r))
 }
 
 /// The shared cache is optional: the service answers without it.
 pub async fn check_cache(state: &AppState) -> Check {
-    let r = state.storage.cache.health().await;
-    Check {
-        name: "cache",
-        required: false,
-        ok: r.is_ok(),
-        error: r.err(),
-    }
+    Check::of("cache", false, state.storage.cache.health().await)
 }
 
 pub async fn check_ingest(state: &AppState) -> Check {
-    let r = state.ingest.health();
-    Check {
-        name: "ingest_workers",
-        required: true,
-        ok: r.is_ok(),
-        error: r.err(),
-    }
+    Check::of("ingest_workers", true, state.ingest.health())
 }
 
 pub async fn check_embedder(state: &AppState) -> Check {
-    let r = state.embedder.health().await;
-    Check {
-        name: "embedder",
-        required: true,
-        ok: r.is_ok(),
-        error: r.err().map(|e| e.to_string()),
-    }
+    Check::of("embedder", true, state.embedder.health().await)
 }
 
 /// Binds one module's server: shared state, middleware, error handlers, health/ready/metrics and

@@ -147,29 +147,15 @@ pub async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
 /// in any order) for up to `database.startup_wait_secs`, with a log line per attempt, instead of
 /// exiting and crash-looping. SQLite and configuration errors fail at once.
 async fn connect_database(settings: &Settings) -> anyhow::Result<SqlStore> {
-    let started = std::time::Instant::now();
-    let wait = Duration::from_secs(settings.database.startup_wait_secs);
-    let mut delay = Duration::from_millis(500);
-    loop {
-        match SqlStore::connect(&settings.database, &settings.storage.data_dir).await {
-            Ok(store) => return Ok(store),
-            Err(e @ storage::StorageError::Pool(_))
-                if started.elapsed() + delay < wait
-                    && !settings.database.url.expose_secret().is_empty() =>
-            {
-                tracing::warn!(
-                    module = "storage",
-                    error = %e,
-                    retry_in_ms = delay.as_millis() as u64,
-                    waited_secs = started.elapsed().as_secs(),
-                    "database not reachable yet; waiting for it"
-                );
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-            Err(e) => return Err(e).context("database"),
-        }
-    }
+    let server = !settings.database.url.expose_secret().is_empty();
+    storage::breaker::wait_at_startup(
+        "the database",
+        Duration::from_secs(settings.database.startup_wait_secs),
+        |e| server && matches!(e, storage::StorageError::Pool(_)),
+        || SqlStore::connect(&settings.database, &settings.storage.data_dir),
+    )
+    .await
+    .context("database")
 }
 
 pub struct Application {

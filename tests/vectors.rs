@@ -330,21 +330,13 @@ async fn embedded_and_server_rank_alike() {
         ..queries[2].clone()
     });
     queries.push(filtered(json!({"lang": "en"})));
+    let ranked = |index: Arc<dyn VectorIndex>, q: VectorQuery| async move {
+        let hits = index.search(q).await.unwrap();
+        hits.iter().map(|h| h.chunk_id).collect::<Vec<Uuid>>()
+    };
     for q in queries {
-        let a: Vec<Uuid> = embedded
-            .search(q.clone())
-            .await
-            .unwrap()
-            .iter()
-            .map(|h| h.chunk_id)
-            .collect();
-        let b: Vec<Uuid> = remote
-            .search(q.clone())
-            .await
-            .unwrap()
-            .iter()
-            .map(|h| h.chunk_id)
-            .collect();
+        let a = ranked(embedded.clone(), q.clone()).await;
+        let b = ranked(remote.clone(), q.clone()).await;
         assert_eq!(a, b, "{:?} ranks differently", q.mode);
     }
 }

@@ -362,12 +362,9 @@ impl Settings {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<(), ConfigError> {
         let read = |name: &str| -> Result<Option<String>, ConfigError> {
-            if let Some(path) = env(&format!("{name}_FILE")) {
-                return std::fs::read_to_string(&path)
-                    .map(|s| Some(s.trim().to_string()))
-                    .map_err(|e| {
-                        ConfigError::Invalid(format!("{name}_FILE: cannot read {path}: {e}"))
-                    });
+            let var = format!("{name}_FILE");
+            if let Some(path) = env(&var) {
+                return read_secret_file(&var, &path).map(|s| Some(s.trim().to_string()));
             }
             Ok(env(name).filter(|v| !v.trim().is_empty()))
         };
@@ -530,6 +527,13 @@ impl Settings {
     }
 }
 
+/// The contents of the secret file the variable `var` names; an unreadable one is an error naming
+/// the variable (never a silent fallback to an embedded store).
+fn read_secret_file(var: &str, path: &str) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::Invalid(format!("{var}: cannot read {path}: {e}")))
+}
+
 /// `(section.key, contents)` for every `DOCRAG__SECTION__KEY_FILE` variable, read from its file.
 fn secret_file_pairs(
     vars: impl Iterator<Item = (String, String)>,
@@ -542,8 +546,7 @@ fn secret_file_pairs(
         else {
             continue;
         };
-        let value = std::fs::read_to_string(&path)
-            .map_err(|e| ConfigError::Invalid(format!("{name}: cannot read {path}: {e}")))?;
+        let value = read_secret_file(&name, &path)?;
         pairs.push((
             key.to_lowercase().replace("__", "."),
             value.trim_end_matches(['\n', '\r']).to_string(),

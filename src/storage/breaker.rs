@@ -119,6 +119,13 @@ pub struct Guarded {
     retries: u32,
 }
 
+impl StorageError {
+    /// A server-backed store that does not answer (see [`Guarded`]).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StorageError::Unavailable { .. })
+    }
+}
+
 impl Guarded {
     pub fn new(dependency: Dependency, timeout: Duration, retries: u32) -> Self {
         Self {
@@ -176,10 +183,15 @@ impl Guarded {
     }
 }
 
-/// Runs `f` until it succeeds, while it fails with [`StorageError::Unavailable`] and `wait` has
-/// not passed, with a log line per attempt: at start-up a server may come up after doc-rag
-/// (containers start in any order), and crash-looping would only hide why.
-pub async fn wait_at_startup<T, F, Fut>(wait: Duration, mut f: F) -> Result<T, StorageError>
+/// Runs `f` until it succeeds, while its error is `retryable` (the server does not answer) and
+/// `wait` has not passed, with a log line per attempt: at start-up a server may come up after
+/// doc-rag (containers start in any order), and crash-looping would only hide why.
+pub async fn wait_at_startup<T, F, Fut>(
+    server: &str,
+    wait: Duration,
+    retryable: impl Fn(&StorageError) -> bool,
+    mut f: F,
+) -> Result<T, StorageError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StorageError>>,
@@ -188,13 +200,14 @@ where
     let mut delay = Duration::from_millis(500);
     loop {
         match f().await {
-            Err(e @ StorageError::Unavailable { .. }) if started.elapsed() + delay < wait => {
+            Err(e) if retryable(&e) && started.elapsed() + delay < wait => {
                 tracing::warn!(
                     module = "storage",
+                    server,
                     error = %e,
                     retry_in_ms = delay.as_millis() as u64,
                     waited_secs = started.elapsed().as_secs(),
-                    "dependency not reachable yet; waiting for it"
+                    "{server} not reachable yet; waiting for it"
                 );
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));

@@ -61,7 +61,13 @@ impl MongoDocumentStore {
             db: client.database(&settings.mongodb_database),
             guard: Guarded::new(Dependency::MongoDb, timeout, 2),
         };
-        wait_at_startup(startup_wait, || store.create_indexes()).await?;
+        wait_at_startup(
+            "MongoDB",
+            startup_wait,
+            StorageError::is_unavailable,
+            || store.create_indexes(),
+        )
+        .await?;
         Ok(store)
     }
 
@@ -353,27 +359,24 @@ impl DocumentStore for MongoDocumentStore {
             },
         )
         .await?;
-        let docs: Vec<BsonDoc> = chunks
+        let to_doc = |c: &StoredChunk, live: bool| {
+            doc! {
+                "_id": c.id.to_string(),
+                "document_id": &doc_id,
+                "version": version,
+                "chunk_index": c.chunk_index,
+                "text": &c.text,
+                "token_count": c.token_count,
+                "offset": c.offset.map(|o| o as i64),
+                "live": live,
+            }
+        };
+        let (existing, fresh): (Vec<&StoredChunk>, Vec<&StoredChunk>) = chunks
             .iter()
-            .map(|c| {
-                let id = c.id.to_string();
-                doc! {
-                    "live": live.contains(&id),
-                    "_id": id,
-                    "document_id": &doc_id,
-                    "version": version,
-                    "chunk_index": c.chunk_index,
-                    "text": &c.text,
-                    "token_count": c.token_count,
-                    "offset": c.offset.map(|o| o as i64),
-                }
-            })
-            .collect();
-        let coll = self.coll("chunks");
-        let (fresh, existing): (Vec<BsonDoc>, Vec<BsonDoc>) = docs
-            .into_iter()
-            .partition(|d| !d.get_bool("live").unwrap_or(false));
+            .partition(|c| live.contains(&c.id.to_string()));
         if !fresh.is_empty() {
+            let fresh: Vec<BsonDoc> = fresh.into_iter().map(|c| to_doc(c, false)).collect();
+            let coll = self.coll("chunks");
             self.guard
                 .call("stage chunks", || {
                     let (coll, fresh) = (coll.clone(), fresh.clone());
@@ -390,9 +393,9 @@ impl DocumentStore for MongoDocumentStore {
                 })
                 .await?;
         }
-        for d in existing {
-            let id = d.get_str("_id").map_err(corrupt("_id"))?.to_string();
-            self.upsert("stage chunks", "chunks", id, d).await?;
+        for c in existing {
+            self.upsert("stage chunks", "chunks", c.id.to_string(), to_doc(c, true))
+                .await?;
         }
         Ok(())
     }
@@ -454,19 +457,30 @@ impl DocumentStore for MongoDocumentStore {
     }
 
     async fn chunk_counts(&self) -> Result<HashMap<Uuid, i64>, StorageError> {
-        let docs = self
-            .find_all(
-                "count chunks",
-                "chunks",
-                doc! { "live": true },
-                Some(doc! { "document_id": 1 }),
-            )
+        // Counted by the server: one row per document comes back, not one per chunk (this runs
+        // at every start-up, in `verify`).
+        let coll = self.coll("chunks");
+        let rows: Vec<BsonDoc> = self
+            .guard
+            .call("count chunks", || {
+                let coll = coll.clone();
+                let pipeline = [
+                    doc! { "$match": { "live": true } },
+                    doc! { "$group": { "_id": "$document_id", "n": { "$sum": 1 } } },
+                ];
+                async move {
+                    coll.aggregate(pipeline)
+                        .await
+                        .map_err(classify)?
+                        .try_collect()
+                        .await
+                        .map_err(classify)
+                }
+            })
             .await?;
-        let mut counts = HashMap::new();
-        for d in &docs {
-            *counts.entry(get_uuid(d, "document_id")?).or_default() += 1;
-        }
-        Ok(counts)
+        rows.iter()
+            .map(|r| Ok((get_uuid(r, "_id")?, get_int(r, "n")?)))
+            .collect()
     }
 
     async fn original_refs(&self) -> Result<Vec<(Uuid, DateTime<Utc>)>, StorageError> {

@@ -70,7 +70,13 @@ impl QdrantVectorIndex {
             dim,
             guard: Guarded::new(Dependency::Qdrant, timeout, 2),
         };
-        wait_at_startup(startup_wait, || index.ensure_collection()).await?;
+        wait_at_startup(
+            "the Qdrant server",
+            startup_wait,
+            StorageError::is_unavailable,
+            || index.ensure_collection(),
+        )
+        .await?;
         Ok(index)
     }
 
@@ -170,12 +176,11 @@ impl QdrantVectorIndex {
 
     /// One guarded call; transport trouble and server unavailability are transient, the rest
     /// (bad input, a schema mismatch) are reported as vector-index errors.
-    async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StorageError>
+    async fn call<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, StorageError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, QdrantError>>,
     {
-        let mut f = f;
         self.guard
             .call(what, || {
                 let fut = f();
