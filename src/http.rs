@@ -495,3 +495,20 @@ pub async fn stop_all(handles: &[ServerHandle]) {
         h.stop(true).await;
     }
 }
+
+/// Whether the request asks for a freshly computed answer (RFC 9111: `Cache-Control: no-cache`
+/// or `max-age=0`, or the older `Pragma: no-cache`). The fresh answer may still be stored.
+pub fn no_cache(req: &actix_web::HttpRequest) -> bool {
+    let has = |name: &str, directive: fn(&str) -> bool| {
+        req.headers().get_all(name).any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|d| directive(d.trim())))
+        })
+    };
+    has("cache-control", |d| {
+        d.eq_ignore_ascii_case("no-cache")
+            || d.split_once('=').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("max-age") && v.trim().trim_matches('"') == "0"
+            })
+    }) || has("pragma", |d| d.eq_ignore_ascii_case("no-cache"))
+}

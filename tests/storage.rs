@@ -15,8 +15,8 @@ use doc_rag::storage::security::{
 };
 use doc_rag::storage::sql::SqlStore;
 use doc_rag::storage::{
-    DocumentStatus, DocumentStore, Finish, FinishedChunks, JobStatus, MetadataStore, NewDocument,
-    StoredChunk, chunk_id,
+    DocumentStatus, DocumentStore, Finish, FinishedChunks, JobStatus, MetadataStore, NewBatch,
+    NewDocument, StoredChunk, chunk_id,
 };
 use uuid::Uuid;
 
@@ -781,4 +781,139 @@ async fn postgres_statements_time_out() {
     let err = slow.expect_err("cancelled").to_string();
     assert!(err.contains("statement timeout"), "{err}");
     store.raw_execute("SELECT 1").await.unwrap();
+}
+
+/// Bulk uploads: a batch is stored in one transaction with its jobs; jobs are claimed several at
+/// a time (each once), finished together with one outcome each, and the batch reports them.
+async fn batch_suite(store: Arc<SqlStore>) {
+    let meta: &dyn MetadataStore = store.as_ref();
+    let batch_id = Uuid::new_v4();
+    let mut docs: Vec<NewDocument> = (0..6).map(|i| doc(&format!("B{i}"), None)).collect();
+    docs[5].collection = "c2".into();
+    docs[4].external_id = Some("bulk-ext".into());
+    let batch = NewBatch {
+        id: batch_id,
+        collections: vec!["c1".into(), "c2".into()],
+        total: 6,
+    };
+    let submitted = meta.submit_documents(docs, Some(batch)).await.unwrap();
+    assert_eq!(submitted.len(), 6);
+    let (view, collections) = meta.get_batch(batch_id).await.unwrap().unwrap();
+    assert_eq!(collections, vec!["c1".to_string(), "c2".to_string()]);
+    assert_eq!(
+        (view.total, view.counts.queued, view.finished),
+        (6, 6, false)
+    );
+    assert!(meta.get_batch(Uuid::new_v4()).await.unwrap().is_none());
+
+    let lease = Duration::from_secs(60);
+    let first = meta.claim_jobs("w1", lease, 4).await.unwrap();
+    let second = meta.claim_jobs("w2", lease, 4).await.unwrap();
+    assert_eq!((first.len(), second.len()), (4, 2));
+    let mut ids: Vec<Uuid> = first.iter().chain(&second).map(|j| j.job_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 6, "no job claimed twice");
+    assert!(meta.claim_jobs("w3", lease, 4).await.unwrap().is_empty());
+    let (view, _) = meta.get_batch(batch_id).await.unwrap().unwrap();
+    assert_eq!(view.counts.running, 6);
+
+    // One transaction, mixed outcomes: w1's own jobs go live, w2's job in w1's hands is a lost
+    // lease, and a job whose document was replaced meanwhile is superseded.
+    let replaced = first
+        .iter()
+        .chain(&second)
+        .find(|j| j.document_id == submitted[4].document_id)
+        .unwrap()
+        .clone();
+    let mut again = doc("B4 again", Some("bulk-ext"));
+    again.collection = "c1".into();
+    meta.submit_document(again).await.unwrap();
+    let chunks = |n: usize| -> FinishedChunks {
+        FinishedChunks::Inline(
+            (0..n)
+                .map(|i| StoredChunk {
+                    id: Uuid::new_v4(),
+                    document_id: Uuid::nil(),
+                    chunk_index: i as i32,
+                    text: format!("chunk {i}"),
+                    token_count: 2,
+                    offset: None,
+                })
+                .collect(),
+        )
+    };
+    let mut finishing: Vec<_> = first
+        .iter()
+        .filter(|j| j.job_id != replaced.job_id)
+        .map(|j| (j.clone(), chunks(2)))
+        .collect();
+    let stolen = second
+        .iter()
+        .find(|j| j.job_id != replaced.job_id)
+        .unwrap()
+        .clone();
+    finishing.push((stolen.clone(), chunks(1)));
+    let expected: Vec<Finish> = finishing
+        .iter()
+        .map(|(j, _)| {
+            if j.job_id == stolen.job_id {
+                Finish::LeaseLost
+            } else {
+                Finish::Live
+            }
+        })
+        .collect();
+    let outcomes = meta.finish_jobs("w1", finishing.clone()).await.unwrap();
+    assert_eq!(outcomes, expected);
+    let holder = if first.iter().any(|j| j.job_id == replaced.job_id) {
+        "w1"
+    } else {
+        "w2"
+    };
+    assert_eq!(
+        meta.finish_jobs(holder, vec![(replaced.clone(), chunks(1))])
+            .await
+            .unwrap(),
+        vec![Finish::Superseded]
+    );
+    for (job, _) in finishing.iter().filter(|(j, _)| j.job_id != stolen.job_id) {
+        let d = meta.get_document(job.document_id).await.unwrap().unwrap();
+        assert_eq!((d.status, d.chunk_count), (DocumentStatus::Indexed, 2));
+    }
+    let (view, _) = meta.get_batch(batch_id).await.unwrap().unwrap();
+    let live = expected.iter().filter(|f| **f == Finish::Live).count() as i64;
+    assert_eq!(view.counts.done, live);
+    assert_eq!(view.counts.failed, 1, "the superseded job");
+    assert_eq!(view.failures.len(), 1);
+    assert_eq!(view.failures[0].external_id.as_deref(), Some("bulk-ext"));
+    assert!(
+        view.failures[0].error.contains("superseded"),
+        "{:?}",
+        view.failures
+    );
+    assert!(!view.finished, "w2 still holds a job");
+    let rest: Vec<_> = second
+        .iter()
+        .filter(|j| j.job_id != replaced.job_id)
+        .map(|j| (j.clone(), chunks(1)))
+        .collect();
+    assert!(
+        meta.finish_jobs("w2", rest)
+            .await
+            .unwrap()
+            .iter()
+            .all(|f| *f == Finish::Live)
+    );
+    let (view, _) = meta.get_batch(batch_id).await.unwrap().unwrap();
+    assert!(view.finished, "{view:?}");
+    assert_eq!(view.counts.done + view.counts.failed, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_claim_and_finish_together_on_both_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    batch_suite(sqlite(dir.path()).await).await;
+    let db = TestDatabase::create();
+    batch_suite(postgres(&db).await).await;
 }

@@ -5,6 +5,7 @@
 //! caller's access per collection. A collection the caller cannot read looks like one that does
 //! not exist (404, empty lists); writing where one may only read is 403 and audited.
 
+pub mod bulk;
 pub mod model;
 
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use crate::AppState;
 use crate::config::LimitsSettings;
 use crate::http::{
     ApiError, ApiResult, Check, check_cache, check_database, check_documents, check_embedder,
-    check_ingest, check_vectors, deserialize_error,
+    check_ingest, check_vectors, deserialize_error, no_cache,
 };
 use crate::ingest::DEFAULT_COLLECTION;
 use crate::ingest::Upload;
@@ -46,6 +47,8 @@ use crate::telemetry::RequestId;
     ),
     paths(
         create_document,
+        bulk::create_documents,
+        bulk::get_batch,
         list_documents,
         get_document,
         delete_document,
@@ -73,6 +76,11 @@ use crate::telemetry::RequestId;
     components(schemas(
         CreateDocument,
         DocumentAccepted,
+        BulkAccepted,
+        BulkRejection,
+        crate::storage::BatchView,
+        crate::storage::BatchFailure,
+        crate::storage::JobCounts,
         DocumentList,
         DocumentDeleted,
         crate::ingest::Removal,
@@ -208,9 +216,6 @@ fn upload_from_json(doc: CreateDocument, request_id: Option<String>) -> ApiResul
             ));
         }
     };
-    if doc.title.as_deref().is_none_or(|t| t.trim().is_empty()) {
-        return Err(ApiError::bad_request("missing field: title"));
-    }
     Ok(Upload {
         title: doc.title,
         file_name: None,
@@ -541,15 +546,17 @@ pub async fn list_collections(
 }
 
 /// Transport-neutral search shared by the API and the query module's port.
-/// `scope`: the collections the caller may read (`None`: all).
+/// `scope`: the collections the caller may read (`None`: all); `fresh`: bypass the cache.
 pub async fn run_search(
     state: &AppState,
     req: SearchRequest,
     scope: Option<Vec<String>>,
+    fresh: bool,
 ) -> ApiResult<SearchResponse> {
     let started = Instant::now();
     let mut params: SearchParams = state.query_params(req)?;
     params.scope = scope;
+    params.fresh = fresh;
     let mode = params.mode;
     let outcome = state.search.search(params).await?;
     Ok(SearchResponse {
@@ -565,9 +572,12 @@ pub async fn run_search(
 pub async fn search(
     caller: Caller,
     state: web::Data<AppState>,
+    req: HttpRequest,
     body: web::Json<SearchRequest>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(run_search(&state, body.into_inner(), caller.read_scope()).await?))
+    let fresh = no_cache(&req);
+    Ok(HttpResponse::Ok()
+        .json(run_search(&state, body.into_inner(), caller.read_scope(), fresh).await?))
 }
 
 #[utoipa::path(post, path = "/v1/query", request_body = QueryRequest,
@@ -575,6 +585,7 @@ pub async fn search(
 pub async fn query(
     caller: Caller,
     state: web::Data<AppState>,
+    req: HttpRequest,
     body: web::Json<QueryRequest>,
 ) -> ApiResult<HttpResponse> {
     let q = body.into_inner();
@@ -586,6 +597,7 @@ pub async fn query(
             collection: q.collection,
             filter: q.filter,
             scope: caller.read_scope(),
+            fresh: no_cache(&req),
         })
         .await?;
     Ok(HttpResponse::Ok().json(answer))
@@ -644,6 +656,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(list_documents))
                 .wrap(actix_web::middleware::from_fn(admit_upload)),
         )
+        .service(
+            web::resource("/v1/documents/bulk")
+                .route(web::post().to(bulk::create_documents))
+                .wrap(actix_web::middleware::from_fn(admit_upload)),
+        )
+        .route("/v1/batches/{id}", web::get().to(bulk::get_batch))
         .route("/v1/documents/{id}", web::get().to(get_document))
         .route("/v1/documents/{id}", web::delete().to(delete_document))
         .route("/v1/jobs/{id}", web::get().to(get_job))

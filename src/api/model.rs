@@ -13,7 +13,8 @@ use crate::storage::{Document, JobStatus};
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDocument {
-    /// Shown in citations. Defaults to the file name for uploads; required otherwise.
+    /// Shown in citations and indexed with every chunk. Optional: defaults to the file name for
+    /// uploads, else empty (the document is then indexed by its text alone).
     #[serde(default)]
     pub title: Option<String>,
     /// Plain text (or Markdown with `content_type: text/markdown`).
@@ -47,6 +48,27 @@ pub struct DocumentAccepted {
     /// The job's failure reason, when `?wait=true` and it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// `POST /v1/documents/bulk`: the batch was stored; every accepted document has a queued job.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BulkAccepted {
+    /// Follow the batch at `GET /v1/batches/{batch_id}`.
+    pub batch_id: Uuid,
+    /// Documents stored and queued.
+    pub accepted: usize,
+    /// Lines (1-based, in request order) refused before storing, with the reason; the rest of
+    /// the batch is accepted regardless.
+    pub rejected: Vec<BulkRejection>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BulkRejection {
+    /// 1-based position in the request (NDJSON line or array element).
+    pub line: usize,
+    /// A stable error code, as in [`ErrorBody`].
+    pub code: String,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

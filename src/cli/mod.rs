@@ -1,10 +1,16 @@
 //! The `doc-rag` command line: `serve` and `migrate` run the service side; `ingest`, `ask` and
-//! `search` are HTTP clients of a running service (see [`client`]); `login`, `logout` and
-//! `admin` manage sessions and security (see [`admin`]).
+//! `search` are HTTP clients of a running service (see [`client`]), `eval` measures its retrieval
+//! on a BEIR dataset (see [`eval`]); `login`, `logout` and `admin` manage sessions and security
+//! (see [`admin`]).
 
 pub mod admin;
+mod api;
+pub mod bulk;
 pub mod client;
 pub mod credentials;
+pub mod eval;
+mod files;
+mod output;
 
 use std::path::PathBuf;
 
@@ -36,6 +42,8 @@ pub enum Command {
     Ask(client::AskArgs),
     /// Search; prints ranked chunks with scores
     Search(client::SearchArgs),
+    /// Measure retrieval quality (nDCG, recall, MRR) and latency on a BEIR-layout dataset
+    Eval(eval::EvalArgs),
     /// Log in; the session is stored for later commands (mode 0600)
     Login(admin::LoginArgs),
     /// End the stored session
@@ -189,6 +197,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ingest(args) => client::ingest(args).await,
         Command::Ask(args) => client::ask(args).await,
         Command::Search(args) => client::search(args).await,
+        Command::Eval(args) => eval::eval(args).await,
         Command::Login(args) => admin::login(args).await,
         Command::Logout(args) => admin::logout(args).await,
         Command::Admin(args) => admin::run(args).await,

@@ -46,6 +46,7 @@ pub struct LimitsSettings {
     pub metadata_max_keys: usize,
     pub metadata_max_depth: usize,
     pub title_max_bytes: usize,
+    pub bulk_max_documents: usize,
     pub external_id_max_bytes: usize,
     pub filter_max_conditions: usize,
     pub filter_max_values: usize,
@@ -188,6 +189,7 @@ pub struct ApiSettings {
     pub bind: String,
     pub port: u16,
     pub max_body_bytes: usize,
+    pub max_bulk_body_bytes: usize,
     pub wait_timeout_secs: u64,
     pub workers: usize,
 }
@@ -209,6 +211,7 @@ pub struct QuerySettings {
     pub max_top_k: usize,
     pub prefetch_limit: usize,
     pub rrf_k: usize,
+    pub fusion: crate::query::fusion::FusionMethod,
     pub dense_weight: f32,
     pub keyword_weight: f32,
     pub bm25_k1: f64,
@@ -230,6 +233,7 @@ pub struct EmbedderSettings {
     pub bind: String,
     pub port: u16,
     pub model_dir: PathBuf,
+    pub model_file: String,
     pub ort_library: PathBuf,
     pub dimension: usize,
     pub max_length: usize,
@@ -254,6 +258,7 @@ impl EmbedderSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct IngestSettings {
     pub workers: usize,
+    pub claim_batch: usize,
     pub chunk_max_tokens: usize,
     pub chunk_overlap_tokens: usize,
     pub max_attempts: i32,

@@ -84,8 +84,7 @@ pub struct FastEmbedder {
     max_texts: usize,
 }
 
-const MODEL_FILES: [&str; 5] = [
-    "model.onnx",
+const TOKENIZER_FILES: [&str; 4] = [
     "tokenizer.json",
     "config.json",
     "special_tokens_map.json",
@@ -96,9 +95,9 @@ impl FastEmbedder {
     /// Loads ONNX Runtime and the model (blocking: call from a blocking context or at start-up).
     pub fn load(settings: &EmbedderSettings) -> Result<Self, EmbedError> {
         let dir = &settings.model_dir;
-        let missing: Vec<&str> = MODEL_FILES
-            .iter()
-            .copied()
+        let model_file = settings.model_file.as_str();
+        let missing: Vec<&str> = std::iter::once(model_file)
+            .chain(TOKENIZER_FILES)
             .filter(|f| !dir.join(f).is_file())
             .collect();
         if !missing.is_empty() {
@@ -118,7 +117,7 @@ impl FastEmbedder {
             special_tokens_map_file: read("special_tokens_map.json")?,
             tokenizer_config_file: read("tokenizer_config.json")?,
         };
-        let model = UserDefinedEmbeddingModel::new(read("model.onnx")?, tokenizer_files)
+        let model = UserDefinedEmbeddingModel::new(read(model_file)?, tokenizer_files)
             .with_pooling(Pooling::Mean);
         // Spinning intra-op threads would burn the cores the ingestion and HTTP work need between
         // model calls.
@@ -144,7 +143,6 @@ impl FastEmbedder {
         let busy_since = Arc::new(AtomicU64::new(0));
         let worker = Worker {
             engine,
-            tokenizer: tokenizer.clone(),
             batch_size: settings.batch_size,
             query_burst: settings.query_burst.max(1),
             query_rx,
@@ -263,7 +261,6 @@ impl Embedder for FastEmbedder {
 
 struct Worker {
     engine: TextEmbedding,
-    tokenizer: tokenizers::Tokenizer,
     batch_size: usize,
     query_burst: usize,
     query_rx: mpsc::Receiver<Request>,
@@ -349,16 +346,10 @@ impl Worker {
     }
 
     fn start(&self, request: Request) -> Pending {
-        let lengths: Vec<usize> = request
-            .texts
-            .iter()
-            .map(|t| {
-                self.tokenizer
-                    .encode(t.as_str(), false)
-                    .map(|e| e.len())
-                    .unwrap_or(t.len() / 4)
-            })
-            .collect();
+        // Byte length orders texts by token length closely enough to batch them, and costs
+        // nothing; tokenising here would add a third tokenisation of every text (the chunker
+        // and the model each do one).
+        let lengths: Vec<usize> = request.texts.iter().map(String::len).collect();
         let n = request.texts.len();
         Pending {
             request,

@@ -82,6 +82,15 @@ pub struct Upload {
     pub request_id: Option<String>,
 }
 
+/// The outcome of a bulk submission. Indexes are positions in the submitted list.
+#[derive(Debug)]
+pub struct BulkSubmitted {
+    /// `None` when no upload was valid (nothing was stored).
+    pub batch_id: Option<Uuid>,
+    pub submitted: Vec<(usize, Submitted)>,
+    pub rejected: Vec<(usize, IngestError)>,
+}
+
 /// What a delete removed from each store.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Removal {
@@ -101,6 +110,8 @@ pub struct Removal {
 #[async_trait]
 pub trait Ingestor: Send + Sync + 'static {
     async fn submit(&self, upload: Upload) -> Result<Submitted, IngestError>;
+    /// Many uploads as one batch (one transaction); invalid ones are reported, not stored.
+    async fn submit_batch(&self, uploads: Vec<Upload>) -> Result<BulkSubmitted, IngestError>;
     /// The job once it is final, or as it stands when `timeout` passes.
     async fn wait(&self, job_id: Uuid, timeout: Duration) -> Result<Job, IngestError>;
     /// Removes a document from every store and the cache.
@@ -185,6 +196,10 @@ impl IngestService {
 impl Ingestor for IngestService {
     async fn submit(&self, upload: Upload) -> Result<Submitted, IngestError> {
         self.submit_upload(upload).await
+    }
+
+    async fn submit_batch(&self, uploads: Vec<Upload>) -> Result<BulkSubmitted, IngestError> {
+        self.submit_uploads(uploads).await
     }
 
     async fn wait(&self, job_id: Uuid, timeout: Duration) -> Result<Job, IngestError> {

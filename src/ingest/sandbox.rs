@@ -331,18 +331,13 @@ pub fn serve_worker(memory_max_mb: u64, cpu_max_secs: u64) -> anyhow::Result<()>
         let soft = used.saturating_add(cpu_max_secs).min(hard);
         rlimit::setrlimit(rlimit::Resource::CPU, soft, hard)?;
 
-        let reply = match parse::parse(kind, &body) {
-            Ok(doc) if doc.text.len() as u64 > max_text => Reply::Failed(format!(
-                "the extracted text is {} bytes, more than limits.extracted_text_max_bytes \
-                 ({max_text})",
-                doc.text.len()
-            )),
+        let reply = match parse_checked(kind, &body, max_text as usize) {
             Ok(doc) => Reply::Parsed {
                 text: doc.text,
                 markdown: doc.markdown,
                 title: doc.title,
             },
-            Err(e) => Reply::Failed(describe_parse_error(&e)),
+            Err(message) => Reply::Failed(message),
         };
         drop(body);
         let json = serde_json::to_vec(&reply)?;
@@ -351,6 +346,24 @@ pub fn serve_worker(memory_max_mb: u64, cpu_max_secs: u64) -> anyhow::Result<()>
         out.write_all(&(json.len() as u64).to_le_bytes())?;
         out.write_all(&json)?;
         out.flush()?;
+    }
+}
+
+/// Parses in this process and applies the extracted-text limit; `Err` is the job's failure
+/// reason. The parse worker runs it, and the pipeline directly for text and Markdown.
+pub(super) fn parse_checked(
+    kind: ContentKind,
+    bytes: &[u8],
+    max_text: usize,
+) -> Result<ParsedDocument, String> {
+    match parse::parse(kind, bytes) {
+        Ok(doc) if doc.text.len() > max_text => Err(format!(
+            "the extracted text is {} bytes, more than limits.extracted_text_max_bytes \
+             ({max_text})",
+            doc.text.len()
+        )),
+        Ok(doc) => Ok(doc),
+        Err(e) => Err(describe_parse_error(&e)),
     }
 }
 

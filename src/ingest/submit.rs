@@ -2,12 +2,18 @@
 //! transaction (after its bytes, when a separate document store keeps them), so an acknowledged
 //! upload is never lost.
 
+use std::sync::Arc;
+
+use futures::StreamExt;
 use uuid::Uuid;
 
 use super::parse::{self, ContentKind, ParseError};
-use super::{DEFAULT_COLLECTION, IngestError, IngestService, Upload};
+use super::{BulkSubmitted, DEFAULT_COLLECTION, IngestError, IngestService, Upload};
 use crate::limits::{check_bytes, check_metadata, validate_collection};
-use crate::storage::{NewDocument, Submitted};
+use crate::storage::{NewBatch, NewDocument, Submitted};
+
+/// Originals written to a separate document store at once during a bulk submission.
+const BULK_STORE_CONCURRENCY: usize = 8;
 
 impl IngestService {
     pub(super) async fn submit_upload(&self, upload: Upload) -> Result<Submitted, IngestError> {
@@ -44,6 +50,128 @@ impl IngestService {
         }
         self.wake.notify_one();
         Ok(submitted)
+    }
+
+    /// Stores a batch: every valid upload with its job in one transaction, under one batch id;
+    /// uploads that fail validation are returned with their index and are not stored.
+    pub(super) async fn submit_uploads(
+        &self,
+        uploads: Vec<Upload>,
+    ) -> Result<BulkSubmitted, IngestError> {
+        let mut rejected = Vec::new();
+        let mut valid = Vec::with_capacity(uploads.len());
+        for (i, upload) in uploads.into_iter().enumerate() {
+            match self.validate(upload) {
+                Ok(v) => valid.push((i, v)),
+                Err(e) => rejected.push((i, e)),
+            }
+        }
+        // One blocking task for the whole batch: thousands of tiny tasks cost more than the checks.
+        let checked = tokio::task::spawn_blocking(move || {
+            valid
+                .into_iter()
+                .map(|(i, (kind, doc))| (i, parse::precheck(kind, &doc.content).map(|()| doc)))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| IngestError::Invalid(format!("cannot check the documents: {e}")))?;
+        let mut indexes = Vec::with_capacity(checked.len());
+        let mut docs = Vec::with_capacity(checked.len());
+        for (i, outcome) in checked {
+            match outcome {
+                Ok(doc) => {
+                    indexes.push(i);
+                    docs.push(doc);
+                }
+                Err(e) => rejected.push((i, precheck_error(e))),
+            }
+        }
+        rejected.sort_by_key(|(i, _)| *i);
+        let batch_id = Uuid::new_v4();
+        if docs.is_empty() {
+            return Ok(BulkSubmitted {
+                batch_id: None,
+                submitted: Vec::new(),
+                rejected,
+            });
+        }
+        let mut collections: Vec<String> = docs.iter().map(|d| d.collection.clone()).collect();
+        collections.sort();
+        collections.dedup();
+        if !self.storage.documents.inline() {
+            // Owned futures (the store handle, the bytes, the id): borrowed ones trip the
+            // higher-ranked lifetimes of the async trait.
+            let writes: Vec<_> = docs
+                .iter()
+                .map(|doc| {
+                    let store = Arc::clone(&self.storage.documents);
+                    let (content_ref, content) = (Uuid::new_v4(), doc.content.clone());
+                    async move {
+                        store
+                            .put_original(content_ref, content)
+                            .await
+                            .map(|()| content_ref)
+                    }
+                })
+                .collect();
+            let stored: Vec<_> = futures::stream::iter(writes)
+                .buffered(BULK_STORE_CONCURRENCY)
+                .collect()
+                .await;
+            for (doc, result) in docs.iter_mut().zip(&stored) {
+                doc.content_ref = result.as_ref().ok().copied();
+            }
+            if let Some(Err(e)) = stored.into_iter().find(Result::is_err) {
+                self.forget_originals(&docs).await;
+                return Err(e.into());
+            }
+        }
+        let batch = NewBatch {
+            id: batch_id,
+            collections: collections.clone(),
+            total: docs.len() as i64,
+        };
+        let refs: Vec<Option<Uuid>> = docs.iter().map(|d| d.content_ref).collect();
+        let submitted = match self
+            .storage
+            .metadata
+            .submit_documents(docs, Some(batch))
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                for r in refs.into_iter().flatten() {
+                    self.forget_original(r).await;
+                }
+                return Err(e.into());
+            }
+        };
+        metrics::counter!("ingest_documents_submitted_total").increment(submitted.len() as u64);
+        metrics::counter!("ingest_batches_submitted_total").increment(1);
+        for previous in submitted.iter().filter_map(|s| s.previous_content_ref) {
+            self.forget_original(previous).await;
+        }
+        // Replaced documents' old text stops being served now; new documents only appear once
+        // their job finishes (which invalidates again).
+        if submitted.iter().any(|s| s.replaced) {
+            for c in &collections {
+                self.storage.cache.invalidate_collection(c).await;
+            }
+        }
+        // Every idle worker: a batch is work for all of them.
+        self.wake.notify_waiters();
+        self.wake.notify_one();
+        Ok(BulkSubmitted {
+            batch_id: Some(batch_id),
+            submitted: indexes.into_iter().zip(submitted).collect(),
+            rejected,
+        })
+    }
+
+    async fn forget_originals(&self, docs: &[NewDocument]) {
+        for r in docs.iter().filter_map(|d| d.content_ref) {
+            self.forget_original(r).await;
+        }
     }
 
     /// Removes an upload nothing refers to; one left behind only costs space until `verify
@@ -98,11 +226,13 @@ impl IngestService {
                 upload.content.len(),
             )?;
         }
+        // Passage corpora (MS MARCO, say) have no titles: an untitled document is indexed by its
+        // text alone and cited by its file name, if it came with one.
         let title = upload
             .title
             .filter(|t| !t.trim().is_empty())
             .or(upload.file_name)
-            .ok_or_else(|| IngestError::Invalid("title is required".into()))?;
+            .unwrap_or_default();
         check_bytes(
             "title",
             "title_max_bytes",
@@ -132,9 +262,13 @@ async fn precheck(kind: ContentKind, doc: NewDocument) -> Result<NewDocument, In
     tokio::task::spawn_blocking(move || parse::precheck(kind, &doc.content).map(|()| doc))
         .await
         .map_err(|e| IngestError::Invalid(format!("cannot check the document: {e}")))?
-        .map_err(|e| match e {
-            ParseError::Empty => IngestError::Invalid("the document is empty".into()),
-            ParseError::NotUtf8 => IngestError::Invalid("text documents must be UTF-8".into()),
-            ParseError::Malformed(m) => IngestError::Unparseable(m),
-        })
+        .map_err(precheck_error)
+}
+
+fn precheck_error(e: ParseError) -> IngestError {
+    match e {
+        ParseError::Empty => IngestError::Invalid("the document is empty".into()),
+        ParseError::NotUtf8 => IngestError::Invalid("text documents must be UTF-8".into()),
+        ParseError::Malformed(m) => IngestError::Unparseable(m),
+    }
 }

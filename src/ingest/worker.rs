@@ -19,6 +19,7 @@ use crate::config::IngestSettings;
 use crate::storage::{ClaimedJob, JobStatus, StorageError};
 
 /// Why a job attempt failed, and whether trying again can help.
+#[derive(Clone)]
 pub(super) struct JobFailure {
     pub message: String,
     pub retry: bool,
@@ -101,24 +102,37 @@ impl IngestService {
             match self
                 .storage
                 .metadata
-                .claim_job(&self.worker_id, lease)
+                .claim_jobs(&self.worker_id, lease, self.settings.claim_batch.max(1))
                 .await
             {
-                Ok(Some(job)) if job.attempts > self.settings.max_attempts => {
-                    self.give_up(job).await;
+                Ok(jobs) if !jobs.is_empty() => {
+                    let (poison, jobs): (Vec<_>, Vec<_>) = jobs
+                        .into_iter()
+                        .partition(|job| job.attempts > self.settings.max_attempts);
+                    for job in poison {
+                        self.give_up(job).await;
+                    }
+                    if !jobs.is_empty() {
+                        let span = match jobs.as_slice() {
+                            [job] => tracing::info_span!(
+                                "job",
+                                module = "ingest",
+                                worker = n,
+                                job_id = %job.job_id,
+                                document_id = %job.document_id,
+                                request_id = job.request_id.as_deref().unwrap_or("-"),
+                            ),
+                            _ => tracing::info_span!(
+                                "jobs",
+                                module = "ingest",
+                                worker = n,
+                                jobs = jobs.len()
+                            ),
+                        };
+                        self.run_jobs(jobs).instrument(span).await;
+                    }
                 }
-                Ok(Some(job)) => {
-                    let span = tracing::info_span!(
-                        "job",
-                        module = "ingest",
-                        worker = n,
-                        job_id = %job.job_id,
-                        document_id = %job.document_id,
-                        request_id = job.request_id.as_deref().unwrap_or("-"),
-                    );
-                    self.run_job(job).instrument(span).await;
-                }
-                Ok(None) => {
+                Ok(_) => {
                     tokio::select! {
                         _ = self.wake.notified() => {}
                         _ = tokio::time::sleep(poll) => {}
@@ -153,43 +167,49 @@ impl IngestService {
         let _ = self.done.send(job.job_id);
     }
 
-    async fn run_job(&self, job: ClaimedJob) {
+    async fn run_jobs(&self, jobs: Vec<ClaimedJob>) {
         let started = Instant::now();
         let lease = Duration::from_secs(self.settings.lease_secs);
-        // Keep the lease while working so no other worker takes the job over.
-        let renew = async {
-            loop {
-                tokio::time::sleep(lease / 3).await;
-                match self
-                    .storage
-                    .metadata
-                    .renew_lease(job.job_id, &self.worker_id, lease)
-                    .await
-                {
-                    Ok(true) => {}
-                    Ok(false) => return,
-                    Err(e) => tracing::warn!(error = %e, "cannot renew the job lease"),
+        // Keep the leases while working so no other worker takes the jobs over. A lease lost
+        // anyway (a long stall) is caught by the fenced finish.
+        let process = self.process_batch(&jobs);
+        tokio::pin!(process);
+        let outcomes = loop {
+            tokio::select! {
+                outcomes = &mut process => break outcomes,
+                () = tokio::time::sleep(lease / 3) => {
+                    for job in &jobs {
+                        if let Err(e) = self
+                            .storage
+                            .metadata
+                            .renew_lease(job.job_id, &self.worker_id, lease)
+                            .await
+                        {
+                            tracing::warn!(job_id = %job.job_id, error = %e, "cannot renew the job lease");
+                        }
+                    }
                 }
             }
         };
-        let outcome = tokio::select! {
-            r = self.process(&job) => r,
-            _ = renew => Err(JobFailure::transient("lost the job lease")),
-        };
-        match outcome {
-            Ok(chunks) => {
-                metrics::counter!("ingest_documents_total", "status" => "done").increment(1);
-                metrics::counter!("ingest_chunks_total").increment(chunks as u64);
-                metrics::histogram!("ingest_job_seconds").record(started.elapsed().as_secs_f64());
-                tracing::info!(
-                    chunks,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "document indexed"
-                );
+        let elapsed = started.elapsed();
+        for (job, outcome) in jobs.iter().zip(outcomes) {
+            match outcome {
+                Ok(chunks) => {
+                    metrics::counter!("ingest_documents_total", "status" => "done").increment(1);
+                    metrics::counter!("ingest_chunks_total").increment(chunks as u64);
+                    metrics::histogram!("ingest_job_seconds").record(elapsed.as_secs_f64());
+                    tracing::info!(
+                        job_id = %job.job_id,
+                        document_id = %job.document_id,
+                        chunks,
+                        elapsed_ms = elapsed.as_millis() as u64,
+                        "document indexed"
+                    );
+                }
+                Err(failure) => self.record_failure(job, failure).await,
             }
-            Err(failure) => self.record_failure(&job, failure).await,
+            let _ = self.done.send(job.job_id);
         }
-        let _ = self.done.send(job.job_id);
     }
 
     /// Records a failed attempt (fenced: only while this worker holds the job). A final failure

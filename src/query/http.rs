@@ -2,20 +2,24 @@
 
 use std::sync::Arc;
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use futures::FutureExt;
 
 use crate::AppState;
 use crate::api::model::SearchRequest;
 use crate::http::{
     ApiResult, Check, check_cache, check_database, check_documents, check_embedder, check_vectors,
+    no_cache,
 };
 
 pub async fn search(
     state: web::Data<AppState>,
+    req: HttpRequest,
     body: web::Json<SearchRequest>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(crate::api::run_search(&state, body.into_inner(), None).await?))
+    let fresh = no_cache(&req);
+    Ok(HttpResponse::Ok()
+        .json(crate::api::run_search(&state, body.into_inner(), None, fresh).await?))
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -3,6 +3,7 @@
 //! metadata filter, attaches each chunk's text from the document store, and caches the result
 //! until the collection's content changes.
 
+pub mod fusion;
 pub mod http;
 
 use std::collections::HashMap;
@@ -19,6 +20,8 @@ use crate::embedder::{Bm25Encoder, EmbedError, Embedder, Priority};
 use crate::limits::{LimitError, check_bytes, check_filter, validate_collection};
 use crate::storage::cache::ALL_COLLECTIONS;
 use crate::storage::vector::{SearchMode, VectorQuery};
+
+use self::fusion::FusionMethod;
 use crate::storage::{Storage, StorageError};
 
 pub const MAX_QUERY_CHARS: usize = 2000;
@@ -47,6 +50,10 @@ pub struct SearchParams {
     /// different access never share a cached result.
     #[serde(default)]
     pub scope: Option<Vec<String>>,
+    /// Compute the result even when a cached one exists (`Cache-Control: no-cache`); the fresh
+    /// result is still stored. Not part of the cache key.
+    #[serde(skip)]
+    pub fresh: bool,
 }
 
 impl SearchParams {
@@ -150,27 +157,38 @@ impl QueryService {
             SearchMode::Dense => None,
             _ => Some(self.bm25.query(&p.query)),
         };
-        let hits = self
-            .storage
-            .vectors
-            .search(VectorQuery {
-                mode: p.mode,
-                dense,
-                sparse,
-                limit: p.top_k,
-                prefetch_limit: self.settings.prefetch_limit.max(p.top_k),
-                rrf_k: self.settings.rrf_k,
-                weights: fusion_weights(&self.settings),
-                collection: p.collection.clone(),
-                collections: p.scope.clone(),
-                filter: p.filter.clone(),
-            })
-            .await
-            .map_err(|e| match e {
-                // The index rejects filters it cannot express; that is the caller's input.
-                StorageError::Vector(m) if m.contains("filter") => QueryError::Invalid(m),
-                other => QueryError::Storage(other),
-            })?;
+        let query = VectorQuery {
+            mode: p.mode,
+            dense,
+            sparse,
+            limit: p.top_k,
+            prefetch_limit: self.settings.prefetch_limit.max(p.top_k),
+            rrf_k: self.settings.rrf_k,
+            weights: fusion_weights(&self.settings),
+            collection: p.collection.clone(),
+            collections: p.scope.clone(),
+            filter: p.filter.clone(),
+        };
+        let vectors = &self.storage.vectors;
+        let method = self.settings.fusion;
+        let hits = if p.mode == SearchMode::Hybrid && method != FusionMethod::Rrf {
+            // Score-aware fusion needs both lists with their scores: two queries, fused here.
+            let single = |mode, limit| VectorQuery {
+                mode,
+                limit,
+                ..query.clone()
+            };
+            let prefetch = query.prefetch_limit;
+            let (dense, keyword) = tokio::try_join!(
+                vectors.search(single(SearchMode::Dense, prefetch)),
+                vectors.search(single(SearchMode::Keyword, prefetch)),
+            )
+            .map_err(query_error)?;
+            let weights = [self.settings.dense_weight, self.settings.keyword_weight];
+            fusion::fuse(dense, keyword, method, weights, query.rrf_k, p.top_k)
+        } else {
+            vectors.search(query).await.map_err(query_error)?
+        };
         let texts: HashMap<_, _> = self
             .storage
             .documents
@@ -196,6 +214,14 @@ impl QueryService {
                 })
             })
             .collect())
+    }
+}
+
+/// The index rejects filters it cannot express; that is the caller's input.
+fn query_error(e: StorageError) -> QueryError {
+    match e {
+        StorageError::Vector(m) if m.contains("filter") => QueryError::Invalid(m),
+        other => QueryError::Storage(other),
     }
 }
 
@@ -242,6 +268,7 @@ pub fn validate_params(
         collection,
         filter,
         scope: None,
+        fresh: false,
     })
 }
 
@@ -257,13 +284,15 @@ impl Searcher for QueryService {
         let key = format!("search:{}", serde_json::to_string(&p).unwrap_or_default());
         // Read before searching: a result computed across an invalidation is not stored.
         let generation = self.storage.cache.generation(&scope).await;
-        if let Some(hit) = self.storage.cache.get(&scope, &key).await
+        if !p.fresh
+            && let Some(hit) = self.storage.cache.get(&scope, &key).await
             && let Ok(hits) = serde_json::from_str::<Vec<SearchHit>>(&hit)
         {
             metrics::counter!("query_cache_total", "result" => "hit").increment(1);
             return Ok(SearchOutcome { hits, cached: true });
         }
-        metrics::counter!("query_cache_total", "result" => "miss").increment(1);
+        let result = if p.fresh { "bypass" } else { "miss" };
+        metrics::counter!("query_cache_total", "result" => result).increment(1);
         let hits = self.retrieve(&p).await?;
         if let Ok(json) = serde_json::to_string(&hits) {
             self.storage.cache.put(&scope, &key, json, generation).await;

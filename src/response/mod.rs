@@ -42,6 +42,9 @@ pub struct AnswerParams {
     /// The collections the caller may read (`None`: all); answers cite nothing outside them.
     #[serde(default)]
     pub scope: Option<Vec<String>>,
+    /// Retrieve afresh instead of from the cache (`Cache-Control: no-cache`).
+    #[serde(default)]
+    pub fresh: bool,
 }
 
 #[async_trait]
@@ -90,6 +93,7 @@ impl Responder for ResponseService {
             p.filter,
         )?;
         params.scope = p.scope;
+        params.fresh = p.fresh;
         let query = params.query.clone();
         let outcome = self.searcher.search(params).await?;
         let bm25 = Arc::clone(&self.bm25);

@@ -232,6 +232,16 @@ pub struct Submitted {
     pub previous_content_ref: Option<Uuid>,
 }
 
+/// The row of a bulk upload, stored with its documents.
+#[derive(Debug, Clone)]
+pub struct NewBatch {
+    pub id: Uuid,
+    /// Every collection the batch writes to.
+    pub collections: Vec<String>,
+    /// Documents in the whole batch (it may be stored in several transactions).
+    pub total: i64,
+}
+
 /// A job a worker holds the lease of.
 #[derive(Debug, Clone)]
 pub struct ClaimedJob {
@@ -271,6 +281,33 @@ pub struct JobCounts {
     pub failed: i64,
 }
 
+/// `GET /v1/batches/{id}`: one bulk upload's progress, from its jobs.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BatchView {
+    pub batch_id: Uuid,
+    /// Documents accepted into the batch.
+    pub total: i64,
+    /// The batch's jobs by state; a replaced or deleted document's job counts as done or failed
+    /// as it ended.
+    pub counts: JobCounts,
+    /// True when every job is done or failed.
+    pub finished: bool,
+    /// Failed documents with the reason (at most [`BATCH_FAILURES_SHOWN`]).
+    pub failures: Vec<BatchFailure>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Failures listed in a [`BatchView`]; `counts.failed` has the full number.
+pub const BATCH_FAILURES_SHOWN: usize = 100;
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BatchFailure {
+    pub document_id: Uuid,
+    pub external_id: Option<String>,
+    pub title: String,
+    pub error: String,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MetadataStats {
     pub documents: i64,
@@ -296,7 +333,21 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Stores the document and a queued job in one transaction. A document with the same
     /// `(collection, external_id)` is replaced: same id, next version, new content.
     /// The SQL backend also stores the original bytes in that transaction.
-    async fn submit_document(&self, doc: NewDocument) -> Result<Submitted, StorageError>;
+    async fn submit_document(&self, doc: NewDocument) -> Result<Submitted, StorageError> {
+        let mut submitted = self.submit_documents(vec![doc], None).await?;
+        submitted
+            .pop()
+            .ok_or_else(|| StorageError::Database("no document was stored".into()))
+    }
+    /// [`submit_document`](Self::submit_document) for many documents in one transaction, in
+    /// order; with `batch`, the batch row too, and every job belongs to it.
+    async fn submit_documents(
+        &self,
+        docs: Vec<NewDocument>,
+        batch: Option<NewBatch>,
+    ) -> Result<Vec<Submitted>, StorageError>;
+    /// A bulk upload's progress and the collections it wrote to (for access checks).
+    async fn get_batch(&self, id: Uuid) -> Result<Option<(BatchView, Vec<String>)>, StorageError>;
     async fn get_document(&self, id: Uuid) -> Result<Option<Document>, StorageError>;
     /// Newest first; in `collection` when given, and only in `within` collections when given.
     async fn list_documents(
@@ -323,7 +374,16 @@ pub trait MetadataStore: Send + Sync + 'static {
         &self,
         worker: &str,
         lease: Duration,
-    ) -> Result<Option<ClaimedJob>, StorageError>;
+    ) -> Result<Option<ClaimedJob>, StorageError> {
+        Ok(self.claim_jobs(worker, lease, 1).await?.pop())
+    }
+    /// Up to `limit` of the oldest claimable jobs, leased to `worker` in one transaction.
+    async fn claim_jobs(
+        &self,
+        worker: &str,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<ClaimedJob>, StorageError>;
     /// Extends a lease this worker holds; false when it no longer holds it.
     async fn renew_lease(
         &self,
@@ -340,7 +400,21 @@ pub trait MetadataStore: Send + Sync + 'static {
         job: &ClaimedJob,
         worker: &str,
         chunks: FinishedChunks,
-    ) -> Result<Finish, StorageError>;
+    ) -> Result<Finish, StorageError> {
+        let mut finished = self
+            .finish_jobs(worker, vec![(job.clone(), chunks)])
+            .await?;
+        finished
+            .pop()
+            .ok_or_else(|| StorageError::Database("no job was finished".into()))
+    }
+    /// [`finish_job`](Self::finish_job) for many jobs in one transaction: they go live together
+    /// (one cache invalidation covers them all). One outcome per job, in order.
+    async fn finish_jobs(
+        &self,
+        worker: &str,
+        jobs: Vec<(ClaimedJob, FinishedChunks)>,
+    ) -> Result<Vec<Finish>, StorageError>;
     /// Records a failure of a job `worker` holds. `retry_in` puts the job back in the queue,
     /// claimable after that delay (unless attempts are used up); `None`, or no attempts left,
     /// marks it and its document failed with `error` and drops the document's chunks (a failed

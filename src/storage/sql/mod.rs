@@ -24,11 +24,12 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use self::schema::{chunks, collections, deletions, document_contents, documents, jobs};
+use self::schema::{batches, chunks, collections, deletions, document_contents, documents, jobs};
 use super::{
-    ClaimedJob, CollectionInfo, DeletedDocument, Deletion, Document, DocumentState, DocumentStatus,
-    DocumentStore, Finish, FinishedChunks, Inventory, Job, JobCounts, JobStatus, MetadataStats,
-    MetadataStore, NewDocument, StorageError, StoredChunk, Submitted,
+    BATCH_FAILURES_SHOWN, BatchFailure, BatchView, ClaimedJob, CollectionInfo, DeletedDocument,
+    Deletion, Document, DocumentState, DocumentStatus, DocumentStore, Finish, FinishedChunks,
+    Inventory, Job, JobCounts, JobStatus, MetadataStats, MetadataStore, NewBatch, NewDocument,
+    StorageError, StoredChunk, Submitted,
 };
 use crate::config::{DatabaseKind, DatabaseSettings};
 
@@ -132,10 +133,10 @@ impl Dialect for SqliteConnection {
     }
     const CLAIM_SQL: &'static str = "UPDATE jobs SET status = 'running', lease_owner = ?, lease_until = ?, \
          attempts = attempts + 1, updated_at = ? \
-         WHERE id = (SELECT id FROM jobs WHERE (status = 'queued' AND (not_before IS NULL OR not_before <= ?)) \
+         WHERE id IN (SELECT id FROM jobs WHERE (status = 'queued' AND (not_before IS NULL OR not_before <= ?)) \
                      OR (status = 'running' AND lease_until < ?) \
-                     ORDER BY created_at, id LIMIT 1) \
-         RETURNING id, document_id, document_version, attempts, request_id";
+                     ORDER BY created_at, id LIMIT ?) \
+         RETURNING id, document_id, document_version, attempts, request_id, created_at";
 }
 
 impl Dialect for PgConnection {
@@ -158,10 +159,10 @@ impl Dialect for PgConnection {
     // SKIP LOCKED lets replicas sharing the database claim different jobs without waiting.
     const CLAIM_SQL: &'static str = "UPDATE jobs SET status = 'running', lease_owner = $1, lease_until = $2, \
          attempts = attempts + 1, updated_at = $3 \
-         WHERE id = (SELECT id FROM jobs WHERE (status = 'queued' AND (not_before IS NULL OR not_before <= $4)) \
+         WHERE id IN (SELECT id FROM jobs WHERE (status = 'queued' AND (not_before IS NULL OR not_before <= $4)) \
                      OR (status = 'running' AND lease_until < $5) \
-                     ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-         RETURNING id, document_id, document_version, attempts, request_id";
+                     ORDER BY created_at, id LIMIT $6 FOR UPDATE SKIP LOCKED) \
+         RETURNING id, document_id, document_version, attempts, request_id, created_at";
 }
 
 #[derive(Debug)]
@@ -274,6 +275,7 @@ struct JobRow {
     created_at: i64,
     updated_at: i64,
     not_before: Option<i64>,
+    batch_id: Option<String>,
 }
 
 impl JobRow {
@@ -313,6 +315,8 @@ struct ClaimRow {
     attempts: i32,
     #[diesel(sql_type = Nullable<Text>)]
     request_id: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    created_at: i64,
 }
 
 #[derive(QueryableByName)]
@@ -468,7 +472,13 @@ impl SqlStore {
     }
 }
 
-fn new_job_row(document_id: &str, version: i64, request_id: Option<String>, now: i64) -> JobRow {
+fn new_job_row(
+    document_id: &str,
+    version: i64,
+    request_id: Option<String>,
+    batch_id: Option<String>,
+    now: i64,
+) -> JobRow {
     JobRow {
         id: Uuid::new_v4().to_string(),
         document_id: document_id.to_string(),
@@ -482,6 +492,7 @@ fn new_job_row(document_id: &str, version: i64, request_id: Option<String>, now:
         created_at: now,
         updated_at: now,
         not_before: None,
+        batch_id,
     }
 }
 
@@ -497,10 +508,31 @@ impl MetadataStore for SqlStore {
         .await
     }
 
-    async fn submit_document(&self, doc: NewDocument) -> Result<Submitted, StorageError> {
+    async fn submit_documents(
+        &self,
+        docs: Vec<NewDocument>,
+        batch: Option<NewBatch>,
+    ) -> Result<Vec<Submitted>, StorageError> {
         self.blocking(move |pool| with_conn!(pool, c => {
             let result = c.write_txn(|c| {
                 let now = now_ms();
+                let batch_id = batch.as_ref().map(|b| b.id.to_string());
+                if let Some(b) = &batch {
+                    let collections = serde_json::to_string(&b.collections)
+                        .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                    diesel::insert_into(batches::table)
+                        .values((
+                            batches::id.eq(b.id.to_string()),
+                            batches::collections.eq(collections),
+                            batches::total.eq(b.total),
+                            batches::created_at.eq(now),
+                        ))
+                        .on_conflict(batches::id)
+                        .do_nothing()
+                        .execute(c)?;
+                }
+                let mut submitted = Vec::with_capacity(docs.len());
+                for doc in &docs {
                 let sha256 = hex::encode(Sha256::digest(&doc.content));
                 let metadata = serde_json::to_string(&doc.metadata)
                     .map_err(|e| StorageError::Corrupt(e.to_string()))?;
@@ -584,14 +616,16 @@ impl MetadataStore for SqlStore {
                         ))
                         .execute(c)?;
                 }
-                let job = new_job_row(&id, version, doc.request_id.clone(), now);
+                let job = new_job_row(&id, version, doc.request_id.clone(), batch_id.clone(), now);
                 diesel::insert_into(jobs::table).values(&job).execute(c)?;
-                Ok(Submitted {
+                submitted.push(Submitted {
                     document_id: parse_uuid(&id)?,
                     job_id: parse_uuid(&job.id)?,
                     replaced: previous_content_ref.is_some(),
                     previous_content_ref: previous_content_ref.flatten().as_deref().map(parse_uuid).transpose()?,
-                })
+                });
+                }
+                Ok(submitted)
             });
             match result {
                 Err(StorageError::Conflict(_)) => Err(
@@ -751,37 +785,45 @@ impl MetadataStore for SqlStore {
         .await
     }
 
-    async fn claim_job(
+    async fn claim_jobs(
         &self,
         worker: &str,
         lease: Duration,
-    ) -> Result<Option<ClaimedJob>, StorageError> {
+        limit: usize,
+    ) -> Result<Vec<ClaimedJob>, StorageError> {
         let worker = worker.to_string();
+        let limit = limit.clamp(1, 10_000) as i64;
         self.blocking(move |pool| with_conn!(pool, c => {
             c.write_txn(|c| {
                 let now = now_ms();
-                let rows: Vec<ClaimRow> = diesel::sql_query(claim_sql(&*c))
+                let mut rows: Vec<ClaimRow> = diesel::sql_query(claim_sql(&*c))
                     .bind::<Text, _>(&worker)
                     .bind::<BigInt, _>(now + lease.as_millis() as i64)
                     .bind::<BigInt, _>(now)
                     .bind::<BigInt, _>(now)
                     .bind::<BigInt, _>(now)
+                    .bind::<BigInt, _>(limit)
                     .load(c)?;
-                let Some(row) = rows.into_iter().next() else { return Ok(None) };
-                diesel::update(
-                    documents::table
-                        .find(&row.document_id)
-                        .filter(documents::version.eq(row.document_version)),
-                )
-                .set((documents::status.eq(DocumentStatus::Indexing.as_str()), documents::updated_at.eq(now)))
-                .execute(c)?;
-                Ok(Some(ClaimedJob {
-                    job_id: parse_uuid(&row.id)?,
-                    document_id: parse_uuid(&row.document_id)?,
-                    document_version: row.document_version,
-                    attempts: row.attempts,
-                    request_id: row.request_id,
-                }))
+                // RETURNING gives no order; work oldest first.
+                rows.sort_by_key(|r| (r.created_at, r.id.clone()));
+                let mut claimed = Vec::with_capacity(rows.len());
+                for row in rows {
+                    diesel::update(
+                        documents::table
+                            .find(&row.document_id)
+                            .filter(documents::version.eq(row.document_version)),
+                    )
+                    .set((documents::status.eq(DocumentStatus::Indexing.as_str()), documents::updated_at.eq(now)))
+                    .execute(c)?;
+                    claimed.push(ClaimedJob {
+                        job_id: parse_uuid(&row.id)?,
+                        document_id: parse_uuid(&row.document_id)?,
+                        document_version: row.document_version,
+                        attempts: row.attempts,
+                        request_id: row.request_id,
+                    });
+                }
+                Ok(claimed)
             })
         }))
         .await
@@ -806,18 +848,19 @@ impl MetadataStore for SqlStore {
         .await
     }
 
-    async fn finish_job(
+    async fn finish_jobs(
         &self,
-        job: &ClaimedJob,
         worker: &str,
-        new_chunks: FinishedChunks,
-    ) -> Result<Finish, StorageError> {
-        let job = job.clone();
+        jobs: Vec<(ClaimedJob, FinishedChunks)>,
+    ) -> Result<Vec<Finish>, StorageError> {
         let worker = worker.to_string();
         self.blocking(move |pool| {
             with_conn!(pool, c => {
                 c.write_txn(|c| {
                     let now = now_ms();
+                    let mut outcomes = Vec::with_capacity(jobs.len());
+                    for (job, new_chunks) in &jobs {
+                    let outcome = (|| -> Result<Finish, StorageError> {
                     let job_id = job.job_id.to_string();
                     let doc_id = job.document_id.to_string();
                     let held: i64 = held_job!(&job_id, &worker)
@@ -850,7 +893,7 @@ impl MetadataStore for SqlStore {
                             Ok(Finish::Superseded)
                         }
                         Some(_) => {
-                            let n = match &new_chunks {
+                            let n = match new_chunks {
                                 FinishedChunks::Inline(chunks) => {
                                     write_chunks!(c, &doc_id, chunks)?;
                                     chunks.len() as i64
@@ -871,6 +914,10 @@ impl MetadataStore for SqlStore {
                             Ok(Finish::Live)
                         }
                     }
+                    })()?;
+                    outcomes.push(outcome);
+                    }
+                    Ok(outcomes)
                 })
             })
         })
@@ -1049,7 +1096,7 @@ impl MetadataStore for SqlStore {
                 ))
                 .execute(c)?;
                 diesel::insert_into(jobs::table)
-                    .values(new_job_row(&id, version, Some("verify-repair".into()), now))
+                    .values(new_job_row(&id, version, Some("verify-repair".into()), None, now))
                     .execute(c)?;
                 diesel::update(documents::table.find(&id))
                     .set((documents::status.eq(DocumentStatus::Queued.as_str()), documents::updated_at.eq(now)))
@@ -1107,6 +1154,63 @@ impl MetadataStore for SqlStore {
                 .map(|r| CollectionInfo { name: r.name, documents: r.documents, created_at: to_time(r.created_at) })
                 .collect())
         }))
+        .await
+    }
+
+    async fn get_batch(&self, id: Uuid) -> Result<Option<(BatchView, Vec<String>)>, StorageError> {
+        let key = id.to_string();
+        self.blocking(move |pool| with_conn!(pool, c => c.snapshot(|c| {
+            let row: Option<(String, i64, i64)> = batches::table
+                .find(&key)
+                .select((batches::collections, batches::total, batches::created_at))
+                .first(c)
+                .optional()?;
+            let Some((collections, total, created_at)) = row else { return Ok(None) };
+            let collections: Vec<String> = serde_json::from_str(&collections)
+                .map_err(|e| StorageError::Corrupt(format!("batch collections: {e}")))?;
+            let by_status: Vec<(String, i64)> = jobs::table
+                .filter(jobs::batch_id.eq(&key))
+                .group_by(jobs::status)
+                .select((jobs::status, diesel::dsl::count_star()))
+                .load(c)?;
+            let mut counts = JobCounts::default();
+            for (status, n) in by_status {
+                match JobStatus::parse(&status)? {
+                    JobStatus::Queued => counts.queued = n,
+                    JobStatus::Running => counts.running = n,
+                    JobStatus::Done => counts.done = n,
+                    JobStatus::Failed => counts.failed = n,
+                }
+            }
+            let failed: Vec<(String, Option<String>, String, Option<String>)> = jobs::table
+                .inner_join(documents::table)
+                .filter(jobs::batch_id.eq(&key))
+                .filter(jobs::status.eq(JobStatus::Failed.as_str()))
+                .order((jobs::updated_at, jobs::id))
+                .limit(BATCH_FAILURES_SHOWN as i64)
+                .select((jobs::document_id, documents::external_id, documents::title, jobs::error))
+                .load(c)?;
+            let failures = failed
+                .into_iter()
+                .map(|(document_id, external_id, title, error)| {
+                    Ok(BatchFailure {
+                        document_id: parse_uuid(&document_id)?,
+                        external_id,
+                        title,
+                        error: error.unwrap_or_default(),
+                    })
+                })
+                .collect::<Result<Vec<_>, StorageError>>()?;
+            let view = BatchView {
+                batch_id: id,
+                total,
+                finished: counts.queued == 0 && counts.running == 0,
+                counts,
+                failures,
+                created_at: to_time(created_at),
+            };
+            Ok(Some((view, collections)))
+        })))
         .await
     }
 

@@ -59,6 +59,16 @@ diesel::table! {
         created_at -> BigInt,
         updated_at -> BigInt,
         not_before -> Nullable<BigInt>,
+        batch_id -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    batches (id) {
+        id -> Text,
+        collections -> Text,
+        total -> BigInt,
+        created_at -> BigInt,
     }
 }
 
@@ -176,6 +186,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     document_contents,
     chunks,
     jobs,
+    batches,
     users,
     api_keys,
     refresh_tokens,

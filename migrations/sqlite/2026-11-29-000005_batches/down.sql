@@ -1,0 +1,3 @@
+DROP INDEX jobs_batch;
+ALTER TABLE jobs DROP COLUMN batch_id;
+DROP TABLE batches;
