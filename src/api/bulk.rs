@@ -12,14 +12,13 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::model::{BulkAccepted, BulkRejection, CreateDocument, ErrorBody};
-use super::{denied, read_body, request_id, upload_from_json};
+use super::{check_declared_length, content_type, denied, read_body, request_id, upload_from_json};
 use crate::AppState;
 use crate::http::{ApiError, ApiResult, deserialize_error};
 use crate::ingest::{DEFAULT_COLLECTION, Upload};
@@ -86,20 +85,8 @@ pub async fn create_documents(
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
     let limit = state.settings.api.max_bulk_body_bytes;
-    if let Some(len) = req
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        && len > limit
-    {
-        return Err(ApiError::too_large(limit));
-    }
-    let content_type = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    check_declared_length(&req, limit)?;
+    let content_type = content_type(&req);
     let essence = content_type.split(';').next().unwrap_or("").trim();
     let ndjson = match essence {
         "application/x-ndjson"

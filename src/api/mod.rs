@@ -149,7 +149,27 @@ fn request_id(req: &HttpRequest) -> Option<String> {
     req.extensions().get::<RequestId>().map(|r| r.0.clone())
 }
 
-/// Reads the whole body, refusing more than `limit` bytes.
+/// Refuses a body whose declared length is over `limit` before any of it is read.
+fn check_declared_length(req: &HttpRequest, limit: usize) -> ApiResult<()> {
+    match req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+    {
+        Some(len) if len > limit => Err(ApiError::too_large(limit)),
+        _ => Ok(()),
+    }
+}
+
+/// The request's `Content-Type`, lower-cased; empty when there is none.
+fn content_type(req: &HttpRequest) -> String {
+    req.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
 /// The next part of a request body, which must arrive within `limits.body_read_timeout_secs`.
 async fn next_part<S: futures::Stream + Unpin>(
     stream: &mut S,
@@ -169,6 +189,7 @@ async fn next_part<S: futures::Stream + Unpin>(
         })
 }
 
+/// Reads the whole body, refusing more than `limit` bytes.
 async fn read_body(
     mut payload: web::Payload,
     limit: usize,
@@ -330,20 +351,8 @@ pub async fn create_document(
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
     let limit = state.settings.api.max_body_bytes;
-    if let Some(len) = req
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        && len > limit
-    {
-        return Err(ApiError::too_large(limit));
-    }
-    let content_type = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    check_declared_length(&req, limit)?;
+    let content_type = content_type(&req);
     let rid = request_id(&req);
     let upload = if content_type.starts_with("application/json") {
         let wait = Duration::from_secs(state.settings.limits.body_read_timeout_secs);

@@ -182,26 +182,23 @@ impl IngestService {
         }
 
         let mut out = Vec::with_capacity(ready.len());
-        let mut finishing = Vec::with_capacity(ready.len());
+        // Per job to finish: its index, chunk count and collection; the jobs and their chunks go
+        // to the store as they are.
+        let mut finishing: Vec<(usize, usize, String)> = Vec::with_capacity(ready.len());
+        let mut to_finish = Vec::with_capacity(ready.len());
         for (i, p) in ready {
             match self.finished_chunks(p).await {
-                Ok((chunks, n, collection)) => finishing.push((i, chunks, n, collection)),
+                Ok((chunks, n, collection)) => {
+                    finishing.push((i, n, collection));
+                    to_finish.push((jobs[i].clone(), chunks));
+                }
                 Err(e) => out.push((i, Err(e.into()))),
             }
         }
         let finishes = match self
             .storage
             .metadata
-            .finish_jobs(
-                &self.worker_id,
-                finishing
-                    .iter_mut()
-                    .map(|(i, chunks, ..)| {
-                        let chunks = std::mem::replace(chunks, FinishedChunks::Stored(0));
-                        (jobs[*i].clone(), chunks)
-                    })
-                    .collect(),
-            )
+            .finish_jobs(&self.worker_id, to_finish)
             .await
         {
             Ok(f) => f,
@@ -211,13 +208,13 @@ impl IngestService {
                 return out;
             }
         };
-        let settled: Vec<(&ClaimedJob, Finish, usize, &str)> = finishing
+        let settled: Vec<(&ClaimedJob, Finish, &str)> = finishing
             .iter()
             .zip(&finishes)
-            .map(|((i, _, n, collection), f)| (&jobs[*i], *f, *n, collection.as_str()))
+            .map(|((i, _, collection), f)| (&jobs[*i], *f, collection.as_str()))
             .collect();
         self.after_finish(&settled).await;
-        for ((i, _, n, _), finish) in finishing.iter().zip(finishes) {
+        for ((i, n, _), finish) in finishing.iter().zip(finishes) {
             out.push((
                 *i,
                 match finish {
@@ -294,7 +291,7 @@ impl IngestService {
     /// Brings the document store and the vector index in line with what the finish decided. A
     /// failure here leaves only unserved chunks or points behind, which `verify --repair` removes;
     /// a live version that cannot be published is queued again at once.
-    async fn after_finish(&self, settled: &[(&ClaimedJob, Finish, usize, &str)]) {
+    async fn after_finish(&self, settled: &[(&ClaimedJob, Finish, &str)]) {
         let documents = &self.storage.documents;
         for &(job, finish, ..) in settled {
             let (doc, version) = (job.document_id, job.document_version);
@@ -321,7 +318,7 @@ impl IngestService {
         // collection: the batch went live in one transaction.
         let live: BTreeSet<&str> = settled
             .iter()
-            .filter(|(_, finish, ..)| *finish == Finish::Live)
+            .filter(|(_, finish, _)| *finish == Finish::Live)
             .map(|(.., collection)| *collection)
             .collect();
         for collection in live {

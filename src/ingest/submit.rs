@@ -13,43 +13,16 @@ use crate::limits::{check_bytes, check_metadata, validate_collection};
 use crate::storage::{NewBatch, NewDocument, Submitted};
 
 /// Originals written to a separate document store at once during a bulk submission.
-const BULK_STORE_CONCURRENCY: usize = 8;
+const STORE_CONCURRENCY: usize = 8;
 
 impl IngestService {
     pub(super) async fn submit_upload(&self, upload: Upload) -> Result<Submitted, IngestError> {
         let (kind, doc) = self.validate(upload)?;
-        let mut doc = precheck(kind, doc).await?;
-        let collection = doc.collection.clone();
-        let documents = &self.storage.documents;
-        // A separate document store gets the bytes first, under a fresh id the document row
-        // then refers to: a crash in between leaves an unreferenced upload (`verify` lists it),
-        // never a job whose content is missing.
-        if !documents.inline() {
-            let content_ref = Uuid::new_v4();
-            documents
-                .put_original(content_ref, doc.content.clone())
-                .await?;
-            doc.content_ref = Some(content_ref);
-        }
-        let content_ref = doc.content_ref;
-        let submitted = match self.storage.metadata.submit_document(doc).await {
-            Ok(s) => s,
-            Err(e) => {
-                if let Some(r) = content_ref {
-                    self.forget_original(r).await;
-                }
-                return Err(e.into());
-            }
-        };
-        metrics::counter!("ingest_documents_submitted_total").increment(1);
-        if let Some(previous) = submitted.previous_content_ref {
-            self.forget_original(previous).await;
-        }
-        if submitted.replaced {
-            self.storage.cache.invalidate_collection(&collection).await;
-        }
-        self.wake.notify_one();
-        Ok(submitted)
+        let doc = precheck(kind, doc).await?;
+        let mut submitted = self.store(vec![doc], None).await?;
+        submitted
+            .pop()
+            .ok_or_else(|| IngestError::Invalid("the document was not stored".into()))
     }
 
     /// Stores a batch: every valid upload with its job in one transaction, under one batch id;
@@ -87,7 +60,6 @@ impl IngestService {
             }
         }
         rejected.sort_by_key(|(i, _)| *i);
-        let batch_id = Uuid::new_v4();
         if docs.is_empty() {
             return Ok(BulkSubmitted {
                 batch_id: None,
@@ -98,6 +70,33 @@ impl IngestService {
         let mut collections: Vec<String> = docs.iter().map(|d| d.collection.clone()).collect();
         collections.sort();
         collections.dedup();
+        let batch = NewBatch {
+            id: Uuid::new_v4(),
+            collections,
+            total: docs.len() as i64,
+        };
+        let batch_id = batch.id;
+        let submitted = self.store(docs, Some(batch)).await?;
+        metrics::counter!("ingest_batches_submitted_total").increment(1);
+        Ok(BulkSubmitted {
+            batch_id: Some(batch_id),
+            submitted: indexes.into_iter().zip(submitted).collect(),
+            rejected,
+        })
+    }
+
+    /// Stores checked documents with their jobs in one transaction (after their bytes, when a
+    /// separate document store keeps them), then lets go of what they replaced and wakes the
+    /// workers. Shared by single and bulk uploads.
+    async fn store(
+        &self,
+        mut docs: Vec<NewDocument>,
+        batch: Option<NewBatch>,
+    ) -> Result<Vec<Submitted>, IngestError> {
+        // A separate document store gets the bytes first, under fresh ids the document rows then
+        // refer to: a crash in between leaves unreferenced uploads (`verify` lists them), never a
+        // job whose content is missing.
+        let mut write_error = None;
         if !self.storage.documents.inline() {
             // Owned futures (the store handle, the bytes, the id): borrowed ones trip the
             // higher-ranked lifetimes of the async trait.
@@ -115,61 +114,59 @@ impl IngestService {
                 })
                 .collect();
             let stored: Vec<_> = futures::stream::iter(writes)
-                .buffered(BULK_STORE_CONCURRENCY)
+                .buffered(STORE_CONCURRENCY)
                 .collect()
                 .await;
-            for (doc, result) in docs.iter_mut().zip(&stored) {
-                doc.content_ref = result.as_ref().ok().copied();
-            }
-            if let Some(Err(e)) = stored.into_iter().find(Result::is_err) {
-                self.forget_originals(&docs).await;
-                return Err(e.into());
+            for (doc, result) in docs.iter_mut().zip(stored) {
+                match result {
+                    Ok(content_ref) => doc.content_ref = Some(content_ref),
+                    Err(e) => {
+                        write_error.get_or_insert(e);
+                    }
+                }
             }
         }
-        let batch = NewBatch {
-            id: batch_id,
-            collections: collections.clone(),
-            total: docs.len() as i64,
-        };
-        let refs: Vec<Option<Uuid>> = docs.iter().map(|d| d.content_ref).collect();
-        let submitted = match self
-            .storage
-            .metadata
-            .submit_documents(docs, Some(batch))
-            .await
-        {
+        let written: Vec<Uuid> = docs.iter().filter_map(|d| d.content_ref).collect();
+        if let Some(e) = write_error {
+            self.forget_originals(&written).await;
+            return Err(e.into());
+        }
+        let collections: Vec<String> = docs.iter().map(|d| d.collection.clone()).collect();
+        let n = docs.len();
+        let submitted = match self.storage.metadata.submit_documents(docs, batch).await {
             Ok(s) => s,
             Err(e) => {
-                for r in refs.into_iter().flatten() {
-                    self.forget_original(r).await;
-                }
+                self.forget_originals(&written).await;
                 return Err(e.into());
             }
         };
         metrics::counter!("ingest_documents_submitted_total").increment(submitted.len() as u64);
-        metrics::counter!("ingest_batches_submitted_total").increment(1);
         for previous in submitted.iter().filter_map(|s| s.previous_content_ref) {
             self.forget_original(previous).await;
         }
-        // Replaced documents' old text stops being served now; new documents only appear once
-        // their job finishes (which invalidates again).
-        if submitted.iter().any(|s| s.replaced) {
-            for c in &collections {
-                self.storage.cache.invalidate_collection(c).await;
-            }
+        // A replaced document's old text stops being served now; a new document only appears
+        // once its job finishes (which invalidates again).
+        let mut replaced_in: Vec<&String> = submitted
+            .iter()
+            .zip(&collections)
+            .filter(|(s, _)| s.replaced)
+            .map(|(_, c)| c)
+            .collect();
+        replaced_in.sort();
+        replaced_in.dedup();
+        for collection in replaced_in {
+            self.storage.cache.invalidate_collection(collection).await;
         }
-        // Every idle worker: a batch is work for all of them.
-        self.wake.notify_waiters();
+        if n > 1 {
+            // Every idle worker: a batch is work for all of them.
+            self.wake.notify_waiters();
+        }
         self.wake.notify_one();
-        Ok(BulkSubmitted {
-            batch_id: Some(batch_id),
-            submitted: indexes.into_iter().zip(submitted).collect(),
-            rejected,
-        })
+        Ok(submitted)
     }
 
-    async fn forget_originals(&self, docs: &[NewDocument]) {
-        for r in docs.iter().filter_map(|d| d.content_ref) {
+    async fn forget_originals(&self, content_refs: &[Uuid]) {
+        for &r in content_refs {
             self.forget_original(r).await;
         }
     }
