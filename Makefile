@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/doc-rag-target
 export DOCRAG_MODELS_DIR ?= $(CURDIR)/models
 CARGO ?= cargo
 
-.PHONY: run test models build release lint fmt check-services bench eval clean-data fuzz fuzz-smoke schemathesis
+.PHONY: run test models build release lint fmt check-services bench eval clean-data fuzz fuzz-smoke schemathesis ops-check runbook-check
 
 models:
 	bash scripts/fetch-models.sh "$(DOCRAG_MODELS_DIR)"
@@ -38,7 +38,19 @@ check-services:
 test: models check-services fmt lint
 	@[ -n "$$DOCRAG_TEST_QDRANT_URL" ] || echo "skipped: Qdrant server suites (tests/vectors.rs, search across replicas in tests/mongo.rs): set DOCRAG_TEST_QDRANT_URL=http://host:6334 to run them"
 	DOCRAG__EMBEDDER__MODEL_DIR="$(DOCRAG_MODELS_DIR)" $(CARGO) test --locked --all-targets -- --test-threads=2
-	$(MAKE) schemathesis fuzz-smoke
+	$(MAKE) schemathesis fuzz-smoke ops-check runbook-check
+
+# The operations kit (issue 9): Prometheus config, alert rules and their unit tests, Grafana
+# dashboards, nginx -t, both compose files, the Kubernetes manifests and the Dockerfile, checked
+# with promtool, nginx, docker compose and kubernetes-validate (installed when missing).
+ops-check:
+	bash scripts/check-ops.sh
+
+# The runbook and troubleshooting guide against the code: every `doc-rag` command and flag (the
+# built binary's --help), every curl path (the routes in src/), every PromQL metric (the names in
+# src/), every repository path, every link, and the alerts' runbook_url anchors.
+runbook-check: build
+	DOCRAG_BIN="$(CARGO_TARGET_DIR)/debug/doc-rag" python3 scripts/check-runbook.py
 
 # Generated requests from /openapi.json against a running doc-rag: no 5xx on any of them.
 schemathesis:

@@ -35,5 +35,7 @@ if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.vers
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet "SecantusDB==$secantus_version"
 fi
+# PyYAML: tests/ops.rs reads the alert rules through scripts/check-ops.py.
+"$venv/bin/python" -c 'import yaml' 2>/dev/null || "$venv/bin/pip" install --quiet PyYAML
 [ -x "$venv/bin/secantusd-py" ] || { echo "services: $venv/bin/secantusd-py is missing" >&2; exit 1; }
 echo "services: SecantusDB $secantus_version in $venv (MongoDB suites)"

@@ -146,7 +146,7 @@ pub async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
 /// Connects to the database, waiting for a PostgreSQL server that is not up yet (containers start
 /// in any order) for up to `database.startup_wait_secs`, with a log line per attempt, instead of
 /// exiting and crash-looping. SQLite and configuration errors fail at once.
-async fn connect_database(settings: &Settings) -> anyhow::Result<SqlStore> {
+pub(crate) async fn connect_database(settings: &Settings) -> anyhow::Result<SqlStore> {
     let server = !settings.database.url.expose_secret().is_empty();
     storage::breaker::wait_at_startup(
         "the database",
@@ -171,6 +171,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         // Installed before anything is counted, so nothing before the first scrape is lost.
         telemetry::metrics_handle();
+        telemetry::register_event_counters();
         let storage = open_storage(&settings).await?;
         let limiter: Arc<dyn security::limits::RateLimiter> = match &storage.redis {
             None => Arc::new(security::limits::GovernorLimiter::new(&settings.security)),
@@ -264,8 +265,10 @@ impl Application {
         background.push(ingest.spawn_sweeper(shutdown_rx.clone()));
         background.push(security.spawn_sync(shutdown_rx.clone()));
         background.push(tokio::spawn(startup_verify(storage.clone())));
-        background.push(tokio::spawn(pool_gauges(
+        telemetry::gauges::record_build_info();
+        background.push(tokio::spawn(telemetry::gauges::sample(
             storage.clone(),
+            settings.storage.data_dir.clone(),
             shutdown_rx.clone(),
         )));
         background.push(tokio::spawn(optimize_loop(storage.clone(), shutdown_rx)));
@@ -374,21 +377,6 @@ async fn startup_verify(storage: Storage) {
             );
         }
         Err(e) => tracing::warn!(module = "storage", error = %e, "verify could not run"),
-    }
-}
-
-/// Exports the database pool's state for dashboards (exhaustion shows before requests fail).
-async fn pool_gauges(storage: Storage, mut shutdown: watch::Receiver<bool>) {
-    let backend = storage.metadata.backend();
-    loop {
-        let (open, idle, max) = storage.metadata.pool_state();
-        metrics::gauge!("db_pool_connections", "backend" => backend).set(open as f64);
-        metrics::gauge!("db_pool_idle_connections", "backend" => backend).set(idle as f64);
-        metrics::gauge!("db_pool_max_connections", "backend" => backend).set(max as f64);
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            _ = shutdown.changed() => return,
-        }
     }
 }
 

@@ -62,6 +62,24 @@ async fn bulk_suite(app: TestApp) {
         post_bulk(&app, body, "application/x-ndjson", "?collection=islands").await;
     assert_eq!(status, 202, "{accepted}");
     assert_eq!(accepted["accepted"], 42, "{accepted}");
+    // Each accepted line says where its document and job are, in request order.
+    let placed = accepted["documents"].as_array().unwrap();
+    let placed_lines: Vec<u64> = placed.iter().map(|d| d["line"].as_u64().unwrap()).collect();
+    assert_eq!(placed_lines, (1..=42).collect::<Vec<u64>>(), "{accepted}");
+    let (_, p17) = app
+        .get_json(&app.api(&format!(
+            "/v1/documents/{}",
+            placed[17]["document_id"].as_str().unwrap()
+        )))
+        .await;
+    assert_eq!(p17["external_id"], "p17", "{p17}");
+    let (_, job) = app
+        .get_json(&app.api(&format!(
+            "/v1/jobs/{}",
+            placed[41]["job_id"].as_str().unwrap()
+        )))
+        .await;
+    assert_eq!(job["document_id"], placed[41]["document_id"], "{job}");
     let rejected = accepted["rejected"].as_array().unwrap();
     let lines: Vec<(u64, &str)> = rejected
         .iter()

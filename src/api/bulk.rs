@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::model::{BulkAccepted, BulkRejection, CreateDocument, ErrorBody};
+use super::model::{BulkAccepted, BulkDocument, BulkRejection, CreateDocument, ErrorBody};
 use super::{check_declared_length, content_type, denied, read_body, request_id, upload_from_json};
 use crate::AppState;
 use crate::http::{ApiError, ApiResult, deserialize_error};
@@ -161,11 +161,20 @@ pub async fn create_documents(
     } else {
         Some(state.ingest.submit_batch(uploads).await?)
     };
-    let mut accepted = 0;
+    let mut documents = Vec::new();
     let mut batch_id = None;
     if let Some(outcome) = outcome {
         batch_id = outcome.batch_id;
-        accepted = outcome.submitted.len();
+        documents = outcome
+            .submitted
+            .into_iter()
+            .map(|(i, s)| BulkDocument {
+                line: lines[i],
+                document_id: s.document_id,
+                job_id: s.job_id,
+                replaced: s.replaced,
+            })
+            .collect();
         for (i, e) in outcome.rejected {
             rejected.push(rejection(lines[i], &ApiError::from(e)));
         }
@@ -182,9 +191,11 @@ pub async fn create_documents(
             "rejected": rejected,
         })));
     };
+    documents.sort_by_key(|d| d.line);
     Ok(HttpResponse::Accepted().json(BulkAccepted {
         batch_id,
-        accepted,
+        accepted: documents.len(),
+        documents,
         rejected,
     }))
 }

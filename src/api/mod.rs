@@ -77,7 +77,7 @@ use crate::telemetry::RequestId;
         CreateDocument,
         DocumentAccepted,
         BulkAccepted,
-        BulkRejection,
+        BulkRejection, BulkDocument,
         crate::storage::BatchView,
         crate::storage::BatchFailure,
         crate::storage::JobCounts,

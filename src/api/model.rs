@@ -57,9 +57,22 @@ pub struct BulkAccepted {
     pub batch_id: Uuid,
     /// Documents stored and queued.
     pub accepted: usize,
+    /// One entry per accepted line, in request order: where each document and its job are.
+    #[serde(default)]
+    pub documents: Vec<BulkDocument>,
     /// Lines (1-based, in request order) refused before storing, with the reason; the rest of
     /// the batch is accepted regardless.
     pub rejected: Vec<BulkRejection>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BulkDocument {
+    /// 1-based position in the request (NDJSON line or array element).
+    pub line: usize,
+    pub document_id: Uuid,
+    pub job_id: Uuid,
+    /// True when a document with the same `external_id` was replaced.
+    pub replaced: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -34,8 +34,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the service (all six module servers)
     Serve(ServiceArgs),
-    /// Create or upgrade the database schema, then exit
-    Migrate(ServiceArgs),
+    /// Create or upgrade the database schema, then exit (--down N reverts the N latest)
+    Migrate(MigrateArgs),
     /// Upload files or folders and wait until they are indexed
     Ingest(client::IngestArgs),
     /// Ask a question; prints the answer and its numbered sources
@@ -77,6 +77,16 @@ pub struct VerifyArgs {
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// Revert the N most recent migrations (a manual rollback to the previous release's schema;
+    /// migrations stay backward compatible for one release, so this is rarely needed)
+    #[arg(long, value_name = "N")]
+    pub down: Option<usize>,
 }
 
 /// Configuration flags of the service side; they override files and environment.
@@ -182,15 +192,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::error!(error = format!("{e:#}"), "start-up failed");
                 e
             })?;
+            reload_log_level_on_sighup(args);
             app.run_until_stopped().await
         }
         Command::Migrate(args) => {
-            let settings = args.settings()?;
+            let settings = args.service.settings()?;
             crate::telemetry::init_logging(&settings.log);
-            let storage = crate::open_storage(&settings).await?;
+            let Some(n) = args.down else {
+                let storage = crate::open_storage(&settings).await?;
+                println!(
+                    "database schema is up to date ({})",
+                    storage.metadata.backend()
+                );
+                return Ok(());
+            };
+            let sql = crate::connect_database(&settings).await?;
+            let reverted = sql.revert_migrations(n).await?;
+            for version in &reverted {
+                println!("reverted {version}");
+            }
             println!(
-                "database schema is up to date ({})",
-                storage.metadata.backend()
+                "{} migration(s) reverted ({}); a newer binary upgrades the schema again at start-up",
+                reverted.len(),
+                crate::storage::MetadataStore::backend(&sql)
             );
             Ok(())
         }
@@ -206,4 +230,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::ingest::sandbox::serve_worker(args.memory_max_mb, args.cpu_max_secs)
         }
     }
+}
+
+/// `SIGHUP` re-reads the configuration (files, environment, flags) and applies its `log.level`;
+/// other settings need a restart.
+fn reload_log_level_on_sighup(args: ServiceArgs) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match args.settings() {
+                Ok(settings) => match crate::telemetry::set_log_level(&settings.log.level) {
+                    Ok(()) => {
+                        tracing::warn!(level = %settings.log.level, "SIGHUP: log level applied")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "SIGHUP: log level not changed"),
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "SIGHUP: the configuration does not load; nothing changed")
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = args;
 }

@@ -239,6 +239,7 @@ pub struct EmbedderSettings {
     pub max_length: usize,
     pub batch_size: usize,
     pub threads: usize,
+    pub memory_arena: bool,
     pub max_texts: usize,
     pub query_queue: usize,
     pub ingest_queue: usize,

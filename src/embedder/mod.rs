@@ -71,6 +71,7 @@ struct Request {
     texts: Vec<String>,
     reply: oneshot::Sender<Result<Vec<Vec<f32>>, EmbedError>>,
     span: tracing::Span,
+    queued_at: Instant,
 }
 
 /// fastembed on a dedicated thread, fed by two priority channels.
@@ -124,7 +125,12 @@ impl FastEmbedder {
         let mut options = InitOptionsUserDefined::new()
             .with_max_length(settings.max_length)
             .with_environment(environment)
-            .with_session_config("session.intra_op.allow_spinning", "0");
+            .with_session_config("session.intra_op.allow_spinning", "0")
+            .with_execution_providers(vec![
+                ort::ep::CPU::default()
+                    .with_arena_allocator(settings.memory_arena)
+                    .build(),
+            ]);
         if settings.threads > 0 {
             options = options.with_intra_threads(settings.threads);
         }
@@ -213,6 +219,7 @@ impl Embedder for FastEmbedder {
             texts,
             reply,
             span: tracing::Span::current(),
+            queued_at: Instant::now(),
         };
         match priority {
             // A query must not wait in an unbounded line: a full queue is a 503 now.
@@ -349,6 +356,8 @@ impl Worker {
         // Byte length orders texts by token length closely enough to batch them, and costs
         // nothing; tokenising here would add a third tokenisation of every text (the chunker
         // and the model each do one).
+        metrics::histogram!("embedder_queue_wait_seconds", "priority" => "ingest")
+            .record(request.queued_at.elapsed().as_secs_f64());
         let lengths: Vec<usize> = request.texts.iter().map(String::len).collect();
         let n = request.texts.len();
         Pending {
@@ -388,6 +397,7 @@ impl Worker {
             Ok(vectors) => {
                 metrics::histogram!("embedder_batch_seconds", "priority" => "ingest")
                     .record(started.elapsed().as_secs_f64());
+                metrics::histogram!("embedder_batch_size").record(texts.len() as f64);
                 metrics::counter!("embedder_texts_total", "priority" => "ingest")
                     .increment(texts.len() as u64);
                 for (&(_, r, i), v) in waiting.iter().zip(vectors) {
@@ -416,6 +426,10 @@ impl Worker {
     }
 
     fn serve_queries(&mut self, requests: Vec<Request>) {
+        for r in &requests {
+            metrics::histogram!("embedder_queue_wait_seconds", "priority" => "query")
+                .record(r.queued_at.elapsed().as_secs_f64());
+        }
         let texts: Vec<&str> = requests
             .iter()
             .flat_map(|r| r.texts.iter().map(String::as_str))
@@ -424,6 +438,7 @@ impl Worker {
         let result = self.engine.embed(&texts, Some(self.batch_size.max(1)));
         metrics::histogram!("embedder_batch_seconds", "priority" => "query")
             .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("embedder_batch_size").record(texts.len() as f64);
         metrics::counter!("embedder_texts_total", "priority" => "query")
             .increment(texts.len() as u64);
         match result {

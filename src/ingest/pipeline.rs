@@ -4,11 +4,15 @@
 //! Vectors are written first, tagged with the document version, under ids unique to that version;
 //! the chunk text goes live with the job's completion in one transaction that checks the lease
 //! and the version ([`MetadataStore::finish_job`](crate::storage::MetadataStore::finish_job)).
-//! Searches return only hits whose chunk text exists, so vectors written by a worker that then
-//! loses the race are never served; the loser removes them, and `verify` finds any a crash left.
+//! With a separate document store (MongoDB) the text is published just before that transaction,
+//! while the version is still the document's, so a job never reads `done` before its text is
+//! served (an outage in between postpones the job instead). Searches return only hits whose chunk
+//! text exists, so vectors written by a worker that then loses the race are never served; the
+//! loser removes them, and `verify` finds any a crash left.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::IngestService;
 use super::chunk::TextChunk;
@@ -72,7 +76,7 @@ impl IngestService {
     async fn prepare(&self, job: &ClaimedJob) -> Result<Option<Prepared>, JobFailure> {
         let storage = &self.storage;
         let Some(doc) = storage.metadata.get_document(job.document_id).await? else {
-            return Err(JobFailure::permanent("the document was deleted"));
+            return Err(JobFailure::permanent("the document was deleted").because("deleted"));
         };
         if doc.version != job.document_version {
             storage
@@ -86,20 +90,24 @@ impl IngestService {
         };
         let kind = ContentKind::from_mime(&doc.content_type).ok_or_else(|| {
             JobFailure::permanent(format!("unsupported content type {}", doc.content_type))
+                .because("parse")
         })?;
         let max_text = self.limits.extracted_text_max_bytes;
         // Text and Markdown only need decoding, which cannot crash or balloon: no child process
         // round trip for them. HTML and PDF parsers can, so they run sandboxed.
         let sandboxed = matches!(kind, ContentKind::Html | ContentKind::Pdf);
+        let started = Instant::now();
         let parsed = if sandboxed {
             Some(
                 self.parser
                     .parse(kind, &bytes, max_text)
                     .await
                     .map_err(|e| match e {
-                        SandboxError::Unavailable(_) => JobFailure::transient(e.to_string()),
+                        SandboxError::Unavailable(_) => {
+                            JobFailure::transient(e.to_string()).because("dependency")
+                        }
                         SandboxError::Document(_) | SandboxError::Killed(_) => {
-                            JobFailure::permanent(e.to_string())
+                            JobFailure::permanent(e.to_string()).because("parse")
                         }
                     })?,
             )
@@ -110,9 +118,13 @@ impl IngestService {
         let (text, chunks) = tokio::task::spawn_blocking(move || {
             let parsed = match parsed {
                 Some(p) => p,
-                None => parse_checked(kind, &bytes, max_text).map_err(JobFailure::permanent)?,
+                None => parse_checked(kind, &bytes, max_text)
+                    .map_err(|e| JobFailure::permanent(e).because("parse"))?,
             };
+            stage_done("parse", started);
+            let chunking = Instant::now();
             let chunks = chunker.chunk(&parsed.text, parsed.markdown);
+            stage_done("chunk", chunking);
             Ok::<_, JobFailure>((parsed.text, chunks))
         })
         .await
@@ -123,9 +135,9 @@ impl IngestService {
             self.limits.chunks_per_document_max,
             chunks.len(),
         )
-        .map_err(|e| JobFailure::permanent(e.to_string()))?;
+        .map_err(|e| JobFailure::permanent(e.to_string()).because("too_large"))?;
         if chunks.is_empty() {
-            return Err(JobFailure::permanent("the document has no text"));
+            return Err(JobFailure::permanent("the document has no text").because("empty"));
         }
         Ok(Some(Prepared { doc, text, chunks }))
     }
@@ -146,6 +158,7 @@ impl IngestService {
             .iter()
             .flat_map(|(_, p)| p.chunks.iter().map(|c| indexed_text(&p.doc.title, &c.text)))
             .collect();
+        let embedding = Instant::now();
         let vectors = match self.vectors_for(texts).await {
             Ok(v) => v,
             Err(f) => return all_fail(&ready, f),
@@ -173,6 +186,8 @@ impl IngestService {
                 });
             }
         }
+        stage_done("embed", embedding);
+        let indexing = Instant::now();
         let mut points = points.into_iter().peekable();
         while points.peek().is_some() {
             let batch: Vec<IndexPoint> = points.by_ref().take(UPSERT_BATCH).collect();
@@ -181,6 +196,8 @@ impl IngestService {
             }
         }
 
+        stage_done("index", indexing);
+        let finishing_started = Instant::now();
         let mut out = Vec::with_capacity(ready.len());
         // Per job to finish: its index, chunk count and collection; the jobs and their chunks go
         // to the store as they are.
@@ -208,6 +225,7 @@ impl IngestService {
                 return out;
             }
         };
+        stage_done("finish", finishing_started);
         let settled: Vec<(&ClaimedJob, Finish, &str)> = finishing
             .iter()
             .zip(&finishes)
@@ -248,7 +266,9 @@ impl IngestService {
                 .embed(request, Priority::Ingest)
                 .await
                 .map_err(|e| match e {
-                    EmbedError::TooMany(..) => JobFailure::permanent(e.to_string()),
+                    EmbedError::TooMany(..) => {
+                        JobFailure::permanent(e.to_string()).because("too_large")
+                    }
                     other => JobFailure::transient(other.to_string()),
                 })?;
             dense.extend(vectors);
@@ -259,7 +279,7 @@ impl IngestService {
         Ok((dense, sparse))
     }
 
-    /// What the finish makes live: the chunk rows (SQL documents), or chunks staged unserved in
+    /// What the finish makes live: the chunk rows (SQL documents), or chunks already published in
     /// the separate document store. Also the chunk count and the collection.
     async fn finished_chunks(
         &self,
@@ -281,31 +301,28 @@ impl IngestService {
         if self.storage.documents.inline() {
             return Ok((FinishedChunks::Inline(stored), n, doc.collection));
         }
-        self.storage
-            .documents
-            .stage(doc.id, doc.version, text, stored)
-            .await?;
+        let documents = &self.storage.documents;
+        documents.stage(doc.id, doc.version, text, stored).await?;
+        // Served before the finish says `done`. A version replaced meanwhile is not published
+        // (its finish reads `Superseded` and discards it); one replaced between this check and
+        // the finish is served only until that discard.
+        let current = self.storage.metadata.get_document(doc.id).await?;
+        if current.is_some_and(|d| d.version == doc.version) {
+            documents.publish(doc.id, doc.version).await?;
+        }
         Ok((FinishedChunks::Stored(n as i64), n, doc.collection))
     }
 
     /// Brings the document store and the vector index in line with what the finish decided. A
-    /// failure here leaves only unserved chunks or points behind, which `verify --repair` removes;
-    /// a live version that cannot be published is queued again at once.
+    /// failure here leaves only stale chunks or points behind, which `verify --repair` removes.
     async fn after_finish(&self, settled: &[(&ClaimedJob, Finish, &str)]) {
         let documents = &self.storage.documents;
         for &(job, finish, ..) in settled {
             let (doc, version) = (job.document_id, job.document_version);
             let outcome = match finish {
-                Finish::Live => match documents.publish(doc, version).await {
-                    Ok(()) => Ok(()),
-                    // The version is live in the database but its text is not served: queue the
-                    // document again (durably), so it is published once the store answers.
-                    Err(e) => {
-                        tracing::warn!(document_id = %doc, error = %e, "cannot publish the chunks; the document is queued again");
-                        self.storage.metadata.reindex(doc).await.map(drop)
-                    }
-                },
-                Finish::LeaseLost => Ok(()),
+                // Published before the finish; another worker holding the job writes the same
+                // chunks.
+                Finish::Live | Finish::LeaseLost => Ok(()),
                 Finish::Superseded => documents.discard(doc, Some(version)).await,
                 Finish::Deleted => documents.delete_document(doc, None).await.map(drop),
             };
@@ -316,9 +333,11 @@ impl IngestService {
         // First, before the slower vector clean-up: the jobs read "done" from now on, and a
         // client that saw one must not be served a result cached before the new text. Once per
         // collection: the batch went live in one transaction.
+        // A superseded version may have been served (published) for a moment: its collection's
+        // cached results go too.
         let live: BTreeSet<&str> = settled
             .iter()
-            .filter(|(_, finish, _)| *finish == Finish::Live)
+            .filter(|(_, finish, _)| matches!(finish, Finish::Live | Finish::Superseded))
             .map(|(.., collection)| *collection)
             .collect();
         for collection in live {
@@ -354,4 +373,11 @@ pub fn indexed_text(title: &str, chunk: &str) -> String {
     } else {
         format!("{title}\n{chunk}")
     }
+}
+
+/// `ingest_stage_seconds{stage}`: parse and chunk per document; embed, index and finish per
+/// batch of jobs.
+fn stage_done(stage: &'static str, started: Instant) {
+    metrics::histogram!("ingest_stage_seconds", "stage" => stage)
+        .record(started.elapsed().as_secs_f64());
 }

@@ -25,6 +25,9 @@ pub(super) struct JobFailure {
     pub retry: bool,
     /// A store was unreachable: retried without counting the attempt, however long it lasts.
     pub outage: bool,
+    /// The `reason` label of `ingest_jobs_failed_total`: parse, empty, too_large, deleted,
+    /// dependency or other.
+    pub reason: &'static str,
 }
 
 impl JobFailure {
@@ -33,6 +36,7 @@ impl JobFailure {
             message: message.into(),
             retry: false,
             outage: false,
+            reason: "other",
         }
     }
     pub fn transient(message: impl Into<String>) -> Self {
@@ -40,7 +44,12 @@ impl JobFailure {
             message: message.into(),
             retry: true,
             outage: false,
+            reason: "other",
         }
+    }
+    pub fn because(mut self, reason: &'static str) -> Self {
+        self.reason = reason;
+        self
     }
 }
 
@@ -49,7 +58,7 @@ impl From<StorageError> for JobFailure {
         let outage = matches!(e, StorageError::Unavailable { .. } | StorageError::Pool(_));
         JobFailure {
             outage,
-            ..JobFailure::transient(e.to_string())
+            ..JobFailure::transient(e.to_string()).because("dependency")
         }
     }
 }
@@ -258,6 +267,8 @@ impl IngestService {
             }
             Ok(Some(_)) => {
                 metrics::counter!("ingest_documents_total", "status" => "failed").increment(1);
+                metrics::counter!("ingest_jobs_failed_total", "reason" => failure.reason)
+                    .increment(1);
                 tracing::warn!(error = %failure.message, "job failed");
                 if let Err(e) = self.drop_failed_vectors(job).await {
                     tracing::warn!(error = %e, "cannot remove the failed document's vectors; verify --repair removes them");

@@ -272,6 +272,18 @@ pub fn validate_params(
     })
 }
 
+/// `query_requests_total{collection}`. A caller may name any collection, so only a collection
+/// that answered with something gets its own series: the label set stays bounded by the
+/// collections that exist.
+fn count_query(scope: &str, hits: &[SearchHit]) {
+    let collection = if hits.is_empty() {
+        "(no results)"
+    } else {
+        scope
+    };
+    metrics::counter!("query_requests_total", "collection" => collection.to_string()).increment(1);
+}
+
 #[async_trait]
 impl Searcher for QueryService {
     async fn search(&self, p: SearchParams) -> Result<SearchOutcome, QueryError> {
@@ -289,6 +301,7 @@ impl Searcher for QueryService {
             && let Ok(hits) = serde_json::from_str::<Vec<SearchHit>>(&hit)
         {
             metrics::counter!("query_cache_total", "result" => "hit").increment(1);
+            count_query(&scope, &hits);
             return Ok(SearchOutcome { hits, cached: true });
         }
         let result = if p.fresh { "bypass" } else { "miss" };
@@ -304,6 +317,7 @@ impl Searcher for QueryService {
         };
         metrics::histogram!("query_search_seconds", "mode" => mode)
             .record(started.elapsed().as_secs_f64());
+        count_query(&scope, &hits);
         Ok(SearchOutcome {
             hits,
             cached: false,

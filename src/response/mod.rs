@@ -107,6 +107,7 @@ impl Responder for ResponseService {
         .await
         .unwrap_or_else(|_| (NO_ANSWER.to_string(), Vec::new(), 0.0));
         metrics::histogram!("response_answer_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("query_answer_confidence").record(f64::from(confidence));
         Ok(QueryResponse {
             answer,
             citations,

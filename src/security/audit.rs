@@ -32,6 +32,7 @@ pub enum Event {
     GrantSet,
     GrantRemoved,
     RateLimitsChanged,
+    LogLevelChanged,
 }
 
 impl Event {
@@ -59,6 +60,7 @@ impl Event {
             Event::GrantSet => "grant_set",
             Event::GrantRemoved => "grant_removed",
             Event::RateLimitsChanged => "rate_limits_changed",
+            Event::LogLevelChanged => "log_level_changed",
         }
     }
 }

@@ -117,6 +117,7 @@ pub async fn guard(
     let path = req.path().to_string();
 
     if security.blocked(ip) {
+        rejected("ip_blocked");
         let err = ApiError::new(
             StatusCode::FORBIDDEN,
             "ip_blocked",
@@ -137,6 +138,7 @@ pub async fn guard(
     let caller = match admit(security, policy, ctx.loopback, presented).await {
         Ok(caller) => caller,
         Err(Denied::Unauthenticated(failure)) => {
+            rejected("unauthorized");
             // The one mapping of credential failures to statuses (401, or 503 when unavailable).
             let err = ApiError::from(SecurityError::Unauthorized(failure));
             return Ok(finish(
@@ -146,6 +148,7 @@ pub async fn guard(
             ));
         }
         Err(Denied::Forbidden(caller, why)) => {
+            rejected("forbidden");
             span.record("user", tracing::field::display(caller.principal.label()));
             req.extensions_mut().insert(caller.clone());
             let audit = AuditCtx::from_request(req.request());
@@ -197,6 +200,7 @@ pub async fn guard(
                 .map(|w| (w, label));
         }
         if let Some((wait, who)) = limited {
+            rejected("rate_limited");
             let audit = AuditCtx::from_request(req.request());
             security
                 .audit_once(
@@ -293,6 +297,12 @@ fn finish<B>(mut res: ServiceResponse<B>, path: &str) -> ServiceResponse<B> {
         set(res.headers_mut(), header::WWW_AUTHENTICATE, "Bearer");
     }
     res
+}
+
+/// `security_rejected_requests_total{reason}`: requests the guard turned away, for the security
+/// dashboard and the blocked-address alert.
+fn rejected(reason: &'static str) {
+    metrics::counter!("security_rejected_requests_total", "reason" => reason).increment(1);
 }
 
 #[cfg(test)]

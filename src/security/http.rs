@@ -521,6 +521,44 @@ async fn put_rate_limits(
     Ok(HttpResponse::Ok().json(sec.set_rate_limits(&ctx(&req), limits).await?))
 }
 
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LogLevel {
+    /// A tracing filter: `info`, `warn,doc_rag::ingest=debug`, …
+    pub level: String,
+}
+
+/// The log level of the process that answers.
+async fn get_log_level() -> ApiResult<HttpResponse> {
+    let level = crate::telemetry::log_level().ok_or_else(log_level_not_managed)?;
+    Ok(HttpResponse::Ok().json(LogLevel { level }))
+}
+
+/// Changes the log level of the process that answers, at once and until it restarts (or a
+/// `SIGHUP` re-reads `log.level`). Each replica has its own: change them one by one.
+async fn put_log_level(
+    sec: Security,
+    req: HttpRequest,
+    body: web::Json<LogLevel>,
+) -> ApiResult<HttpResponse> {
+    use crate::telemetry::LogLevelError;
+    let level = body.into_inner().level.trim().to_string();
+    crate::telemetry::set_log_level(&level).map_err(|e| match e {
+        LogLevelError::Invalid(why) => ApiError::bad_request(why),
+        LogLevelError::NotManaged => log_level_not_managed(),
+    })?;
+    tracing::warn!(level = %level, "log level changed");
+    sec.log_level_changed(&ctx(&req), &level).await;
+    Ok(HttpResponse::Ok().json(LogLevel { level }))
+}
+
+fn log_level_not_managed() -> ApiError {
+    ApiError::new(
+        actix_web::http::StatusCode::CONFLICT,
+        "log_level_unavailable",
+        crate::telemetry::LogLevelError::NotManaged.to_string(),
+    )
+}
+
 /// Sessions, API keys and grants: on the API port and the security port.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/auth/login", web::post().to(login))
@@ -559,5 +597,7 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
         )
         .route("/v1/admin/audit", web::get().to(audit_log))
         .route("/v1/admin/rate-limits", web::get().to(get_rate_limits))
-        .route("/v1/admin/rate-limits", web::put().to(put_rate_limits));
+        .route("/v1/admin/rate-limits", web::put().to(put_rate_limits))
+        .route("/v1/admin/log-level", web::get().to(get_log_level))
+        .route("/v1/admin/log-level", web::put().to(put_log_level));
 }

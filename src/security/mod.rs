@@ -807,10 +807,12 @@ impl SecurityService {
                 Some("locked out after repeated failures".into()),
             )
             .await;
+            metrics::counter!("auth_login_failures_total").increment(1);
             return Err(SecurityError::LockedOut(wait));
         }
         let user = self.store.find_user_by_email(&email).await?;
         if password.expose_secret().len() > MAX_PASSWORD_BYTES {
+            metrics::counter!("auth_login_failures_total").increment(1);
             return Err(SecurityError::Unauthorized(AuthFailure::BadCredentials));
         }
         let ok = self
@@ -825,6 +827,7 @@ impl SecurityService {
             Some(u) if ok && !u.disabled => u,
             other => {
                 self.limiter.login_failed(&[&account_key, &ip_key]).await;
+                metrics::counter!("auth_login_failures_total").increment(1);
                 let reason = match other {
                     None => "unknown user",
                     Some(u) if u.disabled => "account disabled",
@@ -842,6 +845,7 @@ impl SecurityService {
             }
         };
         self.limiter.login_succeeded(&account_key).await;
+        metrics::counter!("auth_logins_total").increment(1);
         let pair = self.issue(&user, random_token(16)).await?;
         self.audit(
             &audit_ctx,
@@ -1430,6 +1434,18 @@ impl SecurityService {
             .rate_limits
             .and_then(|j| serde_json::from_str(&j).ok())
             .unwrap_or_else(|| RateLimits::from_settings(&self.settings)))
+    }
+
+    /// Records an admin's change of this process's log level.
+    pub async fn log_level_changed(&self, ctx: &AuditCtx, level: &str) {
+        self.audit(
+            ctx,
+            Event::LogLevelChanged,
+            None,
+            Outcome::Success,
+            Some(level.to_string()),
+        )
+        .await;
     }
 
     pub async fn set_rate_limits(

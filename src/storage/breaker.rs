@@ -31,6 +31,7 @@ fn now_ms() -> u64 {
 impl Breaker {
     pub fn new(name: &'static str, threshold: u32, cooldown: Duration) -> Self {
         metrics::gauge!("dependency_up", "dependency" => name).set(1.0);
+        metrics::counter!("dependency_errors_total", "dependency" => name).increment(0);
         Self {
             name,
             threshold: threshold.max(1),

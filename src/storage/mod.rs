@@ -319,6 +319,14 @@ pub struct MetadataStats {
     pub jobs: JobCounts,
 }
 
+/// See [`MetadataStore::queue_state`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueState {
+    pub queued: i64,
+    pub running: i64,
+    pub oldest_queued_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CollectionInfo {
     pub name: String,
@@ -448,6 +456,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn requeue_running(&self, all: bool) -> Result<u64, StorageError>;
     async fn list_collections(&self) -> Result<Vec<CollectionInfo>, StorageError>;
     async fn stats(&self) -> Result<MetadataStats, StorageError>;
+    /// The job queue for the operators' gauges: jobs queued and running, and when the oldest
+    /// queued job was submitted.
+    async fn queue_state(&self) -> Result<QueueState, StorageError>;
     /// Returns freed space to the file system and drops old page images (SQLite: checkpoint and
     /// truncate the WAL, whose frames still hold deleted text; PostgreSQL: autovacuum's job).
     async fn compact(&self) -> Result<(), StorageError>;
@@ -540,7 +551,8 @@ pub trait DocumentStore: Send + Sync + 'static {
         text: String,
         chunks: Vec<StoredChunk>,
     ) -> Result<(), StorageError>;
-    /// Serves `version`'s chunks and drops every other version's.
+    /// Serves `version`'s chunks and drops those of earlier versions. A later version's staged
+    /// chunks stay: its worker may be about to publish them.
     async fn publish(&self, document_id: Uuid, version: i64) -> Result<(), StorageError>;
     /// Drops the chunks and text of one version, or of every version (a failed document).
     async fn discard(&self, document_id: Uuid, version: Option<i64>) -> Result<(), StorageError>;

@@ -9,10 +9,12 @@
 //!   index, text, token count, byte offset in the parsed text, and `live`; indexed on
 //!   `(document_id, version)`.
 //!
-//! Only live chunks are served. A worker stages its version's chunks unserved, the metadata
-//! store's fenced finish decides, and the winner publishes (`live: true`, other versions dropped),
-//! so a worker that loses a race never shows its text. Every call is idempotent, so the guard may
-//! retry it; writes use the configured write concern (`majority` by default), journaled.
+//! Only live chunks are served. A worker stages its version's chunks unserved and publishes them
+//! (`live: true`, earlier versions dropped) while that version is still the document's, then the
+//! metadata store's fenced finish decides; a worker that lost (a newer version, a deletion)
+//! discards what it published. Publishing before the finish means a job that reads `done` is
+//! searchable. Every call is idempotent, so the guard may retry it; writes use the configured
+//! write concern (`majority` by default), journaled.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -404,7 +406,7 @@ impl DocumentStore for MongoDocumentStore {
         let doc_id = document_id.to_string();
         self.set_live("chunks", &doc_id, version).await?;
         self.set_live("texts", &doc_id, version).await?;
-        let others = doc! { "document_id": &doc_id, "version": { "$ne": version } };
+        let others = doc! { "document_id": &doc_id, "version": { "$lt": version } };
         self.delete_many("publish", "chunks", others.clone())
             .await?;
         self.delete_many("publish", "texts", others).await?;

@@ -9,7 +9,9 @@
 //! Names follow the runbook's queries: `http_requests_total{status}` and
 //! `http_request_duration_seconds` (a histogram).
 
-use std::sync::OnceLock;
+pub mod gauges;
+
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
@@ -27,18 +29,62 @@ use crate::config::{LogFormat, LogSettings};
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+type FilterHandle = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+/// The installed log filter, changeable at run time, and the level it was built from.
+static LOG_FILTER: OnceLock<(FilterHandle, Mutex<String>)> = OnceLock::new();
+
+/// The filter for a `log.level`: the vector engine warns about internals operators cannot act
+/// on, so only its errors are kept unless the level names it.
+fn filter_for(level: &str) -> Result<EnvFilter, String> {
+    let full = if level.contains("qdrant_edge") {
+        level.to_string()
+    } else {
+        format!("{level},qdrant_edge=error")
+    };
+    EnvFilter::try_new(&full).map_err(|e| format!("invalid log level {level:?}: {e}"))
+}
+
+/// The `log.level` in force, when doc-rag installed the logger (not a test harness).
+pub fn log_level() -> Option<String> {
+    LOG_FILTER
+        .get()
+        .map(|(_, level)| level.lock().unwrap_or_else(|p| p.into_inner()).clone())
+}
+
+/// Why the log level cannot be changed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogLevelError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the logger of this process is not doc-rag's; its level cannot be changed")]
+    NotManaged,
+}
+
+/// Changes the log level of this process at once (`PUT /v1/admin/log-level`, `SIGHUP`).
+pub fn set_log_level(level: &str) -> Result<(), LogLevelError> {
+    const MAX_LEVEL_CHARS: usize = 1024;
+    let level = level.trim();
+    if level.is_empty() || level.len() > MAX_LEVEL_CHARS {
+        return Err(LogLevelError::Invalid(format!(
+            "the level must be 1 to {MAX_LEVEL_CHARS} characters, e.g. \"info,doc_rag=debug\""
+        )));
+    }
+    let filter = filter_for(level).map_err(LogLevelError::Invalid)?;
+    let (handle, current) = LOG_FILTER.get().ok_or(LogLevelError::NotManaged)?;
+    handle
+        .reload(filter)
+        .map_err(|_| LogLevelError::NotManaged)?;
+    *current.lock().unwrap_or_else(|p| p.into_inner()) = level.to_string();
+    Ok(())
+}
+
 /// Installs the global subscriber once; later calls (tests building several apps) are no-ops.
 pub fn init_logging(settings: &LogSettings) {
     static INIT: OnceLock<()> = OnceLock::new();
     INIT.get_or_init(|| {
-        // The vector engine warns about internals operators cannot act on; keep its errors only,
-        // unless the level names it.
-        let level = if settings.level.contains("qdrant_edge") {
-            settings.level.clone()
-        } else {
-            format!("{},qdrant_edge=error", settings.level)
-        };
-        let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
+        let filter = filter_for(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
+        let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
         let registry = tracing_subscriber::registry().with(filter);
         let result = match settings.format {
             LogFormat::Json => registry
@@ -60,7 +106,9 @@ pub fn init_logging(settings: &LogSettings) {
                 .try_init(),
         };
         // A subscriber installed by the embedding program (a test harness) is kept.
-        let _ = result;
+        if result.is_ok() {
+            let _ = LOG_FILTER.set((handle, Mutex::new(settings.level.clone())));
+        }
     });
 }
 
@@ -98,6 +146,18 @@ pub fn metrics_handle() -> PrometheusHandle {
                         ],
                     )
                 })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("embedder_batch_size".into()),
+                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("query_answer_confidence".into()),
+                        &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+                    )
+                })
                 .expect("bucket lists are non-empty");
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
@@ -106,6 +166,37 @@ pub fn metrics_handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// Counters of rare events start at zero, so they are scraped (and `increase()` in an alert has
+/// a series to work on) before the first event. Each label value listed is one the code records.
+pub fn register_event_counters() {
+    for name in [
+        "ingest_worker_restarts_total",
+        "ingest_jobs_postponed_total",
+        "ingest_uploads_rejected_total",
+        "embedder_rejected_total",
+        "auth_login_failures_total",
+        "auth_logins_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for reason in ["timeout", "died"] {
+        metrics::counter!("parser_killed_total", "reason" => reason).increment(0);
+    }
+    for reason in [
+        "parse",
+        "empty",
+        "too_large",
+        "deleted",
+        "dependency",
+        "other",
+    ] {
+        metrics::counter!("ingest_jobs_failed_total", "reason" => reason).increment(0);
+    }
+    for reason in ["ip_blocked", "rate_limited", "unauthorized", "forbidden"] {
+        metrics::counter!("security_rejected_requests_total", "reason" => reason).increment(0);
+    }
 }
 
 /// Prometheus metrics of the whole process (every module port).

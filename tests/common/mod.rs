@@ -317,9 +317,20 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// `sets`: extra `--set key=value`; `envs`: extra environment variables.
     pub fn start(data_dir: &std::path::Path, sets: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::start_with_args(data_dir, &[], sets, envs)
+    }
+
+    /// As [`ServerProcess::start`], with more arguments for `serve` (`--config FILE`, say).
+    pub fn start_with_args(
+        data_dir: &std::path::Path,
+        args: &[&str],
+        sets: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Self {
         use std::io::BufRead;
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_doc-rag"));
         cmd.arg("serve")
+            .args(args)
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--log-format", "json"])

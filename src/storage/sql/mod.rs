@@ -29,7 +29,7 @@ use super::{
     BATCH_FAILURES_SHOWN, BatchFailure, BatchView, ClaimedJob, CollectionInfo, DeletedDocument,
     Deletion, Document, DocumentState, DocumentStatus, DocumentStore, Finish, FinishedChunks,
     Inventory, Job, JobCounts, JobStatus, MetadataStats, MetadataStore, NewBatch, NewDocument,
-    StorageError, StoredChunk, Submitted,
+    QueueState, StorageError, StoredChunk, Submitted,
 };
 use crate::config::{DatabaseKind, DatabaseSettings};
 
@@ -354,6 +354,16 @@ struct StatusCountRow {
 }
 
 #[derive(QueryableByName)]
+struct QueueRow {
+    #[diesel(sql_type = Text)]
+    status: String,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<BigInt>)]
+    oldest: Option<i64>,
+}
+
+#[derive(QueryableByName)]
 struct CollectionRow {
     #[diesel(sql_type = Text)]
     name: String,
@@ -448,6 +458,47 @@ impl SqlStore {
                 result
             }
         }
+    }
+
+    /// Reverts the `n` most recent migrations (their `down.sql`), newest first; returns their
+    /// versions. Stops early when none is left.
+    pub async fn revert_migrations(&self, n: usize) -> Result<Vec<String>, StorageError> {
+        fn revert<C, D>(
+            c: &mut C,
+            migrations: fn() -> EmbeddedMigrations,
+            n: usize,
+        ) -> Result<Vec<String>, StorageError>
+        where
+            C: MigrationHarness<D>,
+            D: diesel::backend::Backend,
+        {
+            let err = |e: Box<dyn std::error::Error + Send + Sync>| {
+                StorageError::Migration(e.to_string())
+            };
+            let mut reverted = Vec::new();
+            while reverted.len() < n && !c.applied_migrations().map_err(err)?.is_empty() {
+                reverted.push(
+                    c.revert_last_migration(migrations())
+                        .map_err(err)?
+                        .to_string(),
+                );
+            }
+            Ok(reverted)
+        }
+        self.blocking(move |pool| match pool {
+            Pool::Sqlite(pool) => {
+                let mut c = pool.get().map_err(|e| StorageError::Pool(e.to_string()))?;
+                revert(&mut *c, || SQLITE_MIGRATIONS, n)
+            }
+            Pool::Postgres(pool) => {
+                let mut c = pool.get().map_err(|e| StorageError::Pool(e.to_string()))?;
+                c.batch_execute("SELECT pg_advisory_lock(7482937101)")?;
+                let result = revert(&mut *c, || POSTGRES_MIGRATIONS, n);
+                c.batch_execute("SELECT pg_advisory_unlock(7482937101)")?;
+                result
+            }
+        })
+        .await
     }
 
     /// Runs one SQL statement as is (operators' maintenance and tests; never with user input).
@@ -1243,6 +1294,29 @@ impl MetadataStore for SqlStore {
             }
             Ok(MetadataStats { documents, documents_indexed, chunks, indexed_chunks, collections, jobs })
         })))
+        .await
+    }
+
+    async fn queue_state(&self) -> Result<QueueState, StorageError> {
+        self.blocking(|pool| with_conn!(pool, c => {
+            let rows: Vec<QueueRow> = diesel::sql_query(
+                "SELECT status, CAST(COUNT(*) AS BIGINT) AS n, CAST(MIN(created_at) AS BIGINT) AS oldest \
+                 FROM jobs WHERE status IN ('queued', 'running') GROUP BY status",
+            )
+            .load(c)?;
+            let mut state = QueueState::default();
+            for row in rows {
+                match JobStatus::parse(&row.status)? {
+                    JobStatus::Queued => {
+                        state.queued = row.n;
+                        state.oldest_queued_at = row.oldest.and_then(chrono::DateTime::from_timestamp_millis);
+                    }
+                    JobStatus::Running => state.running = row.n,
+                    JobStatus::Done | JobStatus::Failed => {}
+                }
+            }
+            Ok(state)
+        }))
         .await
     }
 
