@@ -288,3 +288,89 @@ fn migrate_down_reverts_the_newest_migrations_and_up_restores_them() {
         assert_eq!(b, "batches");
     }
 }
+
+/// One stream, followable by request: every JSON line a request causes carries its `request_id`,
+/// on the HTTP server, on the embedder's own thread and in the ingestion job that runs after the
+/// upload returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_follows_a_request_onto_the_embedder_thread_and_into_its_job() {
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        data.path(),
+        &["log.level=info,doc_rag::embedder=debug"],
+        &[],
+    );
+    let admin = server.admin_client().await;
+    let r = admin
+        .post(format!("{}/v1/documents?wait=true", server.url("api")))
+        .header("x-request-id", "ops-upload-1")
+        .json(&json!({"title": "Cranes", "text": "The harbour has twelve cranes.", "collection": "ops"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let doc: serde_json::Value = r.json().await.unwrap();
+    let document_id = doc["document_id"].as_str().unwrap().to_string();
+    let r = admin
+        .post(format!("{}/v1/query", server.url("api")))
+        .header("x-request-id", "ops-query-1")
+        .json(&json!({"query": "How many cranes?", "collection": "ops"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    let lines: Vec<serde_json::Value> = server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let request_id = |l: &serde_json::Value| {
+        l["request_id"]
+            .as_str()
+            .or(l["span"]["request_id"].as_str())
+            .map(str::to_string)
+    };
+    let of = |rid: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| request_id(l).as_deref() == Some(rid))
+            .collect()
+    };
+    let messages = |rid: &str| -> Vec<String> {
+        of(rid)
+            .iter()
+            .map(|l| l["message"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let upload = messages("ops-upload-1");
+    for expected in ["request", "embedded an ingestion batch", "document indexed"] {
+        assert!(
+            upload.iter().any(|m| m == expected),
+            "{expected:?} not logged under the upload's request id: {upload:?}"
+        );
+    }
+    let query = messages("ops-query-1");
+    for expected in ["request", "embedded a query batch"] {
+        assert!(
+            query.iter().any(|m| m == expected),
+            "{expected:?} not logged under the query's request id: {query:?}"
+        );
+    }
+    // Every line about the uploaded document carries the upload's id, and has a module.
+    let about_doc: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l.to_string().contains(&document_id))
+        .collect();
+    assert!(!about_doc.is_empty());
+    for l in about_doc {
+        assert_eq!(request_id(l).as_deref(), Some("ops-upload-1"), "{l}");
+        assert!(
+            l["module"].is_string() || l["span"]["module"].is_string(),
+            "{l}"
+        );
+    }
+}

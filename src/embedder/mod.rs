@@ -391,7 +391,14 @@ impl Worker {
         let started = Instant::now();
         let result = {
             let _enter = pending[waiting[0].1].request.span.enter();
-            self.engine.embed(&texts, Some(texts.len()))
+            let result = self.engine.embed(&texts, Some(texts.len()));
+            tracing::debug!(
+                module = "embedder",
+                texts = texts.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "embedded an ingestion batch"
+            );
+            result
         };
         match result {
             Ok(vectors) => {
@@ -439,6 +446,17 @@ impl Worker {
         metrics::histogram!("embedder_batch_seconds", "priority" => "query")
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!("embedder_batch_size").record(texts.len() as f64);
+        // One line per request, in its own span: the log follows a request onto this thread.
+        for r in &requests {
+            let _enter = r.span.enter();
+            tracing::debug!(
+                module = "embedder",
+                texts = r.texts.len(),
+                batch = texts.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "embedded a query batch"
+            );
+        }
         metrics::counter!("embedder_texts_total", "priority" => "query")
             .increment(texts.len() as u64);
         match result {

@@ -210,6 +210,7 @@ impl IngestService {
                     tracing::info!(
                         job_id = %job.job_id,
                         document_id = %job.document_id,
+                        request_id = job.request_id.as_deref().unwrap_or("-"),
                         chunks,
                         elapsed_ms = elapsed.as_millis() as u64,
                         "document indexed"
