@@ -172,6 +172,7 @@ impl Application {
         // Installed before anything is counted, so nothing before the first scrape is lost.
         telemetry::metrics_handle();
         telemetry::register_event_counters();
+        telemetry::set_slow_request_ms(settings.log.slow_request_ms);
         let storage = open_storage(&settings).await?;
         let limiter: Arc<dyn security::limits::RateLimiter> = match &storage.redis {
             None => Arc::new(security::limits::GovernorLimiter::new(&settings.security)),

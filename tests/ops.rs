@@ -297,7 +297,11 @@ async fn a_request_id_follows_a_request_onto_the_embedder_thread_and_into_its_jo
     let data = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(
         data.path(),
-        &["log.level=info,doc_rag::embedder=debug"],
+        &[
+            "log.level=info,doc_rag::embedder=debug",
+            // Every request is "slow": its warning lists the stages it went through.
+            "log.slow_request_ms=1",
+        ],
         &[],
     );
     let admin = server.admin_client().await;
@@ -328,10 +332,16 @@ async fn a_request_id_follows_a_request_onto_the_embedder_thread_and_into_its_jo
         .iter()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
+    // Top-level (job lines), or in an enclosing span (the request's, for a line of its `embed`).
     let request_id = |l: &serde_json::Value| {
         l["request_id"]
             .as_str()
-            .or(l["span"]["request_id"].as_str())
+            .or_else(|| {
+                l["spans"]
+                    .as_array()?
+                    .iter()
+                    .find_map(|s| s["request_id"].as_str())
+            })
             .map(str::to_string)
     };
     let of = |rid: &str| -> Vec<&serde_json::Value> {
@@ -353,6 +363,22 @@ async fn a_request_id_follows_a_request_onto_the_embedder_thread_and_into_its_jo
             "{expected:?} not logged under the upload's request id: {upload:?}"
         );
     }
+    let slow: Vec<String> = of("ops-query-1")
+        .iter()
+        .filter(|l| l["message"] == "slow request")
+        .map(|l| l["stages"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        slow.len(),
+        1,
+        "one slow-request warning for the query: {slow:?}"
+    );
+    for stage in ["cache=", "embed=", "index=", "chunks=", "answer="] {
+        assert!(
+            slow[0].contains(stage),
+            "{stage} missing from the warning's stages: {slow:?}"
+        );
+    }
     let query = messages("ops-query-1");
     for expected in ["request", "embedded a query batch"] {
         assert!(
@@ -372,5 +398,96 @@ async fn a_request_id_follows_a_request_onto_the_embedder_thread_and_into_its_jo
             l["module"].is_string() || l["span"]["module"].is_string(),
             "{l}"
         );
+    }
+}
+
+/// With `telemetry.otlp_endpoint` set, spans of a query (the request, the query, the embedding,
+/// the index, the chunk texts, the answer) reach an OTLP/HTTP receiver: here a small one of the
+/// test's own that records what is posted to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_of_a_query_are_exported_over_otlp() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, Vec<u8>)>::new()));
+    let sink = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let (mut head, mut length) = (String::new(), 0usize);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                head.push_str(&line);
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            sink.lock().unwrap().push((head, body));
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+
+    let data = tempfile::tempdir().unwrap();
+    let endpoint = format!("telemetry.otlp_endpoint=http://127.0.0.1:{port}/v1/traces");
+    let server = ServerProcess::start(
+        data.path(),
+        &[&endpoint, "telemetry.service_name=doc-rag-ops-test"],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "200")],
+    );
+    let admin = server.admin_client().await;
+    let r = admin
+        .post(format!("{}/v1/documents?wait=true", server.url("api")))
+        .json(&json!({"title": "Cranes", "text": "The harbour has twelve cranes.", "collection": "ops"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = admin
+        .post(format!("{}/v1/query", server.url("api")))
+        .json(&json!({"query": "How many cranes?", "collection": "ops"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    let contains =
+        |body: &[u8], needle: &str| body.windows(needle.len()).any(|w| w == needle.as_bytes());
+    let mut exported = Vec::new();
+    for _ in 0..100 {
+        exported = received.lock().unwrap().clone();
+        let all: Vec<u8> = exported.iter().flat_map(|(_, b)| b.clone()).collect();
+        if ["embed", "index", "chunks", "answer"]
+            .iter()
+            .all(|s| contains(&all, s))
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!exported.is_empty(), "nothing was exported");
+    let (head, _) = &exported[0];
+    assert!(head.starts_with("POST /v1/traces"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("application/x-protobuf"),
+        "{head}"
+    );
+    let all: Vec<u8> = exported.iter().flat_map(|(_, b)| b.clone()).collect();
+    for name in [
+        "doc-rag-ops-test",
+        "request",
+        "query",
+        "embed",
+        "index",
+        "chunks",
+        "answer",
+    ] {
+        assert!(contains(&all, name), "no {name:?} in the exported spans");
     }
 }

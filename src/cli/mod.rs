@@ -138,7 +138,7 @@ impl ServiceArgs {
 /// embedded; with the server running, use `POST /v1/admin/verify` on the storage port).
 async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     let settings = args.service.settings()?;
-    crate::telemetry::init_logging(&settings.log);
+    crate::telemetry::init_logging(&settings);
     let storage = crate::open_storage(&settings).await.context(
         "cannot open the stores (is the server running? then use POST /v1/admin/verify on the \
          storage port)",
@@ -186,18 +186,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let settings = args.settings()?;
-            crate::telemetry::init_logging(&settings.log);
+            crate::telemetry::init_logging(&settings);
             tracing::info!(data_dir = %settings.storage.data_dir.display(), "starting doc-rag {}", env!("CARGO_PKG_VERSION"));
             let app = crate::Application::build(settings).await.map_err(|e| {
                 tracing::error!(error = format!("{e:#}"), "start-up failed");
                 e
             })?;
             reload_log_level_on_sighup(args);
-            app.run_until_stopped().await
+            let stopped = app.run_until_stopped().await;
+            crate::telemetry::flush_traces();
+            stopped
         }
         Command::Migrate(args) => {
             let settings = args.service.settings()?;
-            crate::telemetry::init_logging(&settings.log);
+            crate::telemetry::init_logging(&settings);
             let Some(n) = args.down else {
                 let storage = crate::open_storage(&settings).await?;
                 println!(

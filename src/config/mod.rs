@@ -37,6 +37,7 @@ pub struct Settings {
     pub vectors: VectorsSettings,
     pub limits: LimitsSettings,
     pub log: LogSettings,
+    pub telemetry: TelemetrySettings,
 }
 
 /// Limits on what callers send (see `[limits]` in config/default.toml).
@@ -315,10 +316,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// Distributed tracing: spans exported over OTLP (HTTP, protobuf) when an endpoint is set.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TelemetrySettings {
+    pub otlp_endpoint: String,
+    pub service_name: String,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
+    pub slow_request_ms: u64,
 }
 
 /// Command-line layer: explicit flags plus generic `section.key=value` pairs.

@@ -11,6 +11,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use tracing::Instrument;
+
+use crate::telemetry::stage_done;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -144,15 +147,18 @@ impl QueryService {
         if p.out_of_scope() {
             return Ok(Vec::new());
         }
+        let started = Instant::now();
         let dense = match p.mode {
             SearchMode::Keyword => None,
             _ => self
                 .embedder
                 .embed(vec![p.query.clone()], Priority::Query)
+                .instrument(tracing::info_span!("embed"))
                 .await?
                 .into_iter()
                 .next(),
         };
+        stage_done("embed", started);
         let sparse = match p.mode {
             SearchMode::Dense => None,
             _ => Some(self.bm25.query(&p.query)),
@@ -171,6 +177,7 @@ impl QueryService {
         };
         let vectors = &self.storage.vectors;
         let method = self.settings.fusion;
+        let started = Instant::now();
         let hits = if p.mode == SearchMode::Hybrid && method != FusionMethod::Rrf {
             // Score-aware fusion needs both lists with their scores: two queries, fused here.
             let single = |mode, limit| VectorQuery {
@@ -187,16 +194,24 @@ impl QueryService {
             let weights = [self.settings.dense_weight, self.settings.keyword_weight];
             fusion::fuse(dense, keyword, method, weights, query.rrf_k, p.top_k)
         } else {
-            vectors.search(query).await.map_err(query_error)?
+            vectors
+                .search(query)
+                .instrument(tracing::info_span!("index"))
+                .await
+                .map_err(query_error)?
         };
+        stage_done("index", started);
+        let started = Instant::now();
         let texts: HashMap<_, _> = self
             .storage
             .documents
             .get_chunks(hits.iter().map(|h| h.chunk_id).collect())
+            .instrument(tracing::info_span!("chunks"))
             .await?
             .into_iter()
             .map(|c| (c.id, c.text))
             .collect();
+        stage_done("chunks", started);
         // A hit without stored text belongs to a document being (re)indexed or deleted right now.
         Ok(hits
             .into_iter()
@@ -295,9 +310,15 @@ impl Searcher for QueryService {
             .unwrap_or_else(|| ALL_COLLECTIONS.to_string());
         let key = format!("search:{}", serde_json::to_string(&p).unwrap_or_default());
         // Read before searching: a result computed across an invalidation is not stored.
+        let cache_started = Instant::now();
         let generation = self.storage.cache.generation(&scope).await;
-        if !p.fresh
-            && let Some(hit) = self.storage.cache.get(&scope, &key).await
+        let cached = if p.fresh {
+            None
+        } else {
+            self.storage.cache.get(&scope, &key).await
+        };
+        stage_done("cache", cache_started);
+        if let Some(hit) = cached
             && let Ok(hits) = serde_json::from_str::<Vec<SearchHit>>(&hit)
         {
             metrics::counter!("query_cache_total", "result" => "hit").increment(1);

@@ -15,6 +15,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tracing::Instrument;
 use unicode_segmentation::UnicodeSegmentation;
 
 use crate::api::model::{Citation, QueryResponse, SearchHit};
@@ -95,17 +96,25 @@ impl Responder for ResponseService {
         params.scope = p.scope;
         params.fresh = p.fresh;
         let query = params.query.clone();
-        let outcome = self.searcher.search(params).await?;
+        let outcome = self
+            .searcher
+            .search(params)
+            .instrument(tracing::info_span!("query"))
+            .await?;
         let bm25 = Arc::clone(&self.bm25);
         let max_sentences = self.settings.max_sentences;
         let rrf_k = self.query_settings.rrf_k;
         let hits = outcome.hits;
         // Sentence splitting and scoring is CPU work; keep it off the executor.
+        let answering = Instant::now();
+        let span = tracing::info_span!("answer");
         let (answer, citations, confidence) = tokio::task::spawn_blocking(move || {
+            let _enter = span.enter();
             compose_answer(&bm25, &query, &hits, max_sentences, rrf_k)
         })
         .await
         .unwrap_or_else(|_| (NO_ANSWER.to_string(), Vec::new(), 0.0));
+        crate::telemetry::stage_done("answer", answering);
         metrics::histogram!("response_answer_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("query_answer_confidence").record(f64::from(confidence));
         Ok(QueryResponse {

@@ -11,7 +11,8 @@
 
 pub mod gauges;
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
@@ -25,7 +26,7 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::{LogFormat, LogSettings};
+use crate::config::{LogFormat, Settings, TelemetrySettings};
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -79,25 +80,76 @@ pub fn set_log_level(level: &str) -> Result<(), LogLevelError> {
     Ok(())
 }
 
+/// The tracer provider exporting spans, when `telemetry.otlp_endpoint` is set.
+static TRACER: OnceLock<opentelemetry_sdk::trace::SdkTracerProvider> = OnceLock::new();
+
+/// The OpenTelemetry layer for `telemetry.otlp_endpoint` (OTLP over HTTP, batched on a thread of
+/// its own); `None` without an endpoint, or when the exporter cannot be built (logged).
+fn otlp_layer<S>(
+    settings: &TelemetrySettings,
+) -> Option<tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+    if settings.otlp_endpoint.is_empty() {
+        return None;
+    }
+    let exporter = match opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(settings.otlp_endpoint.clone())
+        .build()
+    {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("telemetry.otlp_endpoint: cannot export traces: {e}");
+            return None;
+        }
+    };
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(settings.service_name.clone())
+        .build();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build();
+    let tracer = provider.tracer("doc-rag");
+    let _ = TRACER.set(provider);
+    Some(tracing_opentelemetry::layer().with_tracer(tracer))
+}
+
+/// Sends the spans still buffered (at shutdown).
+pub fn flush_traces() {
+    if let Some(provider) = TRACER.get() {
+        let _ = provider.force_flush();
+    }
+}
+
 /// Installs the global subscriber once; later calls (tests building several apps) are no-ops.
-pub fn init_logging(settings: &LogSettings) {
+pub fn init_logging(all: &Settings) {
     static INIT: OnceLock<()> = OnceLock::new();
+    let settings = &all.log;
     INIT.get_or_init(|| {
         let filter = filter_for(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
         let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
         let registry = tracing_subscriber::registry().with(filter);
         let result = match settings.format {
             LogFormat::Json => registry
+                .with(otlp_layer(&all.telemetry))
                 .with(
                     tracing_subscriber::fmt::layer()
                         .json()
                         .flatten_event(true)
                         .with_current_span(true)
-                        .with_span_list(false)
+                        // Every enclosing span: a line inside a query's `embed` span still
+                        // carries the request's id (in the `request` span).
+                        .with_span_list(true)
                         .with_writer(std::io::stdout),
                 )
                 .try_init(),
             LogFormat::Pretty => registry
+                .with(otlp_layer(&all.telemetry))
                 .with(
                     tracing_subscriber::fmt::layer()
                         .with_target(false)
@@ -207,6 +259,44 @@ pub async fn metrics_endpoint() -> HttpResponse {
         .body(metrics_handle().render())
 }
 
+tokio::task_local! {
+    /// The stage timings of the request this task serves.
+    static STAGES: Stages;
+}
+
+/// Stages of one request and how long each took (µs), in the order they ended.
+#[derive(Clone, Default)]
+struct Stages(Arc<Mutex<Vec<(&'static str, u64)>>>);
+
+impl Stages {
+    fn render(&self) -> String {
+        let stages = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        stages
+            .iter()
+            .map(|(name, us)| format!("{name}={:.1}ms", *us as f64 / 1000.0))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// Records that a stage of the request being served ended (no-op outside a request, e.g. in an
+/// ingestion job); a slow request's warning lists them.
+pub fn stage_done(name: &'static str, started: Instant) {
+    let us = started.elapsed().as_micros() as u64;
+    let _ = STAGES.try_with(|s| {
+        s.0.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((name, us))
+    });
+}
+
+/// `log.slow_request_ms`; 0: no slow-request warnings.
+static SLOW_REQUEST_MS: AtomicU64 = AtomicU64::new(0);
+
+pub fn set_slow_request_ms(ms: u64) {
+    SLOW_REQUEST_MS.store(ms, Ordering::Relaxed);
+}
+
 /// The request id of the request being served, stored in the request extensions.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
@@ -244,9 +334,17 @@ pub async fn request_middleware(
         user = tracing::field::Empty
     );
     let started = Instant::now();
-    let result = next.call(req).instrument(span.clone()).await;
+    let stages = Stages::default();
+    let result = STAGES
+        .scope(stages.clone(), next.call(req))
+        .instrument(span.clone())
+        .await;
     let elapsed = started.elapsed();
     let _enter = span.enter();
+    let slow = SLOW_REQUEST_MS.load(Ordering::Relaxed);
+    if slow > 0 && elapsed.as_millis() >= u128::from(slow) {
+        tracing::warn!(%method, %path, elapsed_ms = elapsed.as_millis() as u64, stages = %stages.render(), "slow request");
+    }
     match result {
         Ok(mut res) => {
             let status = res.status().as_u16();

@@ -150,7 +150,7 @@ impl TestApp {
             pairs.push((k.to_string(), v.to_string()));
         }
         let settings = Settings::for_tests(dir.path(), &model_dir(), &pairs).unwrap();
-        doc_rag::telemetry::init_logging(&settings.log);
+        doc_rag::telemetry::init_logging(&settings);
         let app = doc_rag::Application::build(settings.clone())
             .await
             .expect("application builds");
