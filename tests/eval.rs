@@ -7,9 +7,8 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use clap::Parser;
-use common::TestApp;
-use doc_rag::cli::{Cli, eval};
+use common::{TestApp, eval_args};
+use doc_rag::cli::eval;
 use serde_json::Value;
 
 fn fixture() -> PathBuf {
@@ -17,15 +16,6 @@ fn fixture() -> PathBuf {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/beir-tiny"
     ))
-}
-
-fn eval_args(args: &[&str]) -> eval::EvalArgs {
-    let mut argv = vec!["doc-rag", "eval"];
-    argv.extend_from_slice(args);
-    match Cli::try_parse_from(argv).unwrap().command {
-        doc_rag::cli::Command::Eval(args) => args,
-        other => panic!("parsed as {other:?}"),
-    }
 }
 
 /// Runs the real binary; returns (success, stdout, stderr).

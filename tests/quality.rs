@@ -7,9 +7,8 @@
 
 mod common;
 
-use clap::Parser;
-use common::{TestApp, shared_dir};
-use doc_rag::cli::{Cli, Command, eval};
+use common::{TestApp, eval_args, shared_dir};
+use doc_rag::cli::eval;
 
 /// Measured here: hybrid 0.494, dense 0.518, keyword 0.368 (deterministic for a given model and
 /// index). The floor leaves room for harmless ranking changes and catches real regressions.
@@ -20,9 +19,7 @@ async fn dbpedia_ndcg_at_10_through_bulk_ingestion_and_every_mode() {
     let app = TestApp::spawn().await;
     let dataset = shared_dir().join("datasets/dbpedia-5k");
     let url = app.api("");
-    let argv = [
-        "doc-rag",
-        "eval",
+    let report = eval::run(eval_args(&[
         "--url",
         &url,
         "--token",
@@ -31,11 +28,9 @@ async fn dbpedia_ndcg_at_10_through_bulk_ingestion_and_every_mode() {
         dataset.to_str().unwrap(),
         "--mode",
         "all",
-    ];
-    let Command::Eval(args) = Cli::try_parse_from(argv).unwrap().command else {
-        panic!("not parsed as eval");
-    };
-    let report = eval::run(args).await.unwrap();
+    ]))
+    .await
+    .unwrap();
 
     let ingest = report.ingest.as_ref().expect("the run ingested");
     assert_eq!(

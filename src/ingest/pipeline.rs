@@ -18,7 +18,7 @@ use super::IngestService;
 use super::chunk::TextChunk;
 use super::parse::ContentKind;
 use super::sandbox::{SandboxError, parse_checked};
-use super::worker::JobFailure;
+use super::worker::{FailureReason, JobFailure};
 use crate::embedder::{EmbedError, Priority};
 use crate::limits::check_count;
 use crate::storage::vector::{ChunkPayload, IndexPoint};
@@ -76,7 +76,9 @@ impl IngestService {
     async fn prepare(&self, job: &ClaimedJob) -> Result<Option<Prepared>, JobFailure> {
         let storage = &self.storage;
         let Some(doc) = storage.metadata.get_document(job.document_id).await? else {
-            return Err(JobFailure::permanent("the document was deleted").because("deleted"));
+            return Err(
+                JobFailure::permanent("the document was deleted").because(FailureReason::Deleted)
+            );
         };
         if doc.version != job.document_version {
             storage
@@ -90,7 +92,7 @@ impl IngestService {
         };
         let kind = ContentKind::from_mime(&doc.content_type).ok_or_else(|| {
             JobFailure::permanent(format!("unsupported content type {}", doc.content_type))
-                .because("parse")
+                .because(FailureReason::Parse)
         })?;
         let max_text = self.limits.extracted_text_max_bytes;
         // Text and Markdown only need decoding, which cannot crash or balloon: no child process
@@ -104,10 +106,10 @@ impl IngestService {
                     .await
                     .map_err(|e| match e {
                         SandboxError::Unavailable(_) => {
-                            JobFailure::transient(e.to_string()).because("dependency")
+                            JobFailure::transient(e.to_string()).because(FailureReason::Dependency)
                         }
                         SandboxError::Document(_) | SandboxError::Killed(_) => {
-                            JobFailure::permanent(e.to_string()).because("parse")
+                            JobFailure::permanent(e.to_string()).because(FailureReason::Parse)
                         }
                     })?,
             )
@@ -119,12 +121,12 @@ impl IngestService {
             let parsed = match parsed {
                 Some(p) => p,
                 None => parse_checked(kind, &bytes, max_text)
-                    .map_err(|e| JobFailure::permanent(e).because("parse"))?,
+                    .map_err(|e| JobFailure::permanent(e).because(FailureReason::Parse))?,
             };
-            stage_done("parse", started);
+            record_stage("parse", started);
             let chunking = Instant::now();
             let chunks = chunker.chunk(&parsed.text, parsed.markdown);
-            stage_done("chunk", chunking);
+            record_stage("chunk", chunking);
             Ok::<_, JobFailure>((parsed.text, chunks))
         })
         .await
@@ -135,9 +137,11 @@ impl IngestService {
             self.limits.chunks_per_document_max,
             chunks.len(),
         )
-        .map_err(|e| JobFailure::permanent(e.to_string()).because("too_large"))?;
+        .map_err(|e| JobFailure::permanent(e.to_string()).because(FailureReason::TooLarge))?;
         if chunks.is_empty() {
-            return Err(JobFailure::permanent("the document has no text").because("empty"));
+            return Err(
+                JobFailure::permanent("the document has no text").because(FailureReason::Empty)
+            );
         }
         Ok(Some(Prepared { doc, text, chunks }))
     }
@@ -186,7 +190,7 @@ impl IngestService {
                 });
             }
         }
-        stage_done("embed", embedding);
+        record_stage("embed", embedding);
         let indexing = Instant::now();
         let mut points = points.into_iter().peekable();
         while points.peek().is_some() {
@@ -196,7 +200,7 @@ impl IngestService {
             }
         }
 
-        stage_done("index", indexing);
+        record_stage("index", indexing);
         let finishing_started = Instant::now();
         let mut out = Vec::with_capacity(ready.len());
         // Per job to finish: its index, chunk count and collection; the jobs and their chunks go
@@ -225,7 +229,7 @@ impl IngestService {
                 return out;
             }
         };
-        stage_done("finish", finishing_started);
+        record_stage("finish", finishing_started);
         let settled: Vec<(&ClaimedJob, Finish, &str)> = finishing
             .iter()
             .zip(&finishes)
@@ -267,7 +271,7 @@ impl IngestService {
                 .await
                 .map_err(|e| match e {
                     EmbedError::TooMany(..) => {
-                        JobFailure::permanent(e.to_string()).because("too_large")
+                        JobFailure::permanent(e.to_string()).because(FailureReason::TooLarge)
                     }
                     other => JobFailure::transient(other.to_string()),
                 })?;
@@ -377,7 +381,7 @@ pub fn indexed_text(title: &str, chunk: &str) -> String {
 
 /// `ingest_stage_seconds{stage}`: parse and chunk per document; embed, index and finish per
 /// batch of jobs.
-fn stage_done(stage: &'static str, started: Instant) {
+fn record_stage(stage: &'static str, started: Instant) {
     metrics::histogram!("ingest_stage_seconds", "stage" => stage)
         .record(started.elapsed().as_secs_f64());
 }

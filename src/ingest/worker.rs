@@ -25,9 +25,41 @@ pub(super) struct JobFailure {
     pub retry: bool,
     /// A store was unreachable: retried without counting the attempt, however long it lasts.
     pub outage: bool,
-    /// The `reason` label of `ingest_jobs_failed_total`: parse, empty, too_large, deleted,
-    /// dependency or other.
-    pub reason: &'static str,
+    /// The `reason` label of `ingest_jobs_failed_total`.
+    pub reason: FailureReason,
+}
+
+/// Why a job failed, as `ingest_jobs_failed_total{reason}` counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureReason {
+    Parse,
+    Empty,
+    TooLarge,
+    Deleted,
+    Dependency,
+    Other,
+}
+
+impl FailureReason {
+    pub const ALL: [FailureReason; 6] = [
+        Self::Parse,
+        Self::Empty,
+        Self::TooLarge,
+        Self::Deleted,
+        Self::Dependency,
+        Self::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Parse => "parse",
+            Self::Empty => "empty",
+            Self::TooLarge => "too_large",
+            Self::Deleted => "deleted",
+            Self::Dependency => "dependency",
+            Self::Other => "other",
+        }
+    }
 }
 
 impl JobFailure {
@@ -36,7 +68,7 @@ impl JobFailure {
             message: message.into(),
             retry: false,
             outage: false,
-            reason: "other",
+            reason: FailureReason::Other,
         }
     }
     pub fn transient(message: impl Into<String>) -> Self {
@@ -44,10 +76,10 @@ impl JobFailure {
             message: message.into(),
             retry: true,
             outage: false,
-            reason: "other",
+            reason: FailureReason::Other,
         }
     }
-    pub fn because(mut self, reason: &'static str) -> Self {
+    pub fn because(mut self, reason: FailureReason) -> Self {
         self.reason = reason;
         self
     }
@@ -58,7 +90,7 @@ impl From<StorageError> for JobFailure {
         let outage = matches!(e, StorageError::Unavailable { .. } | StorageError::Pool(_));
         JobFailure {
             outage,
-            ..JobFailure::transient(e.to_string()).because("dependency")
+            ..JobFailure::transient(e.to_string()).because(FailureReason::Dependency)
         }
     }
 }
@@ -268,7 +300,7 @@ impl IngestService {
             }
             Ok(Some(_)) => {
                 metrics::counter!("ingest_documents_total", "status" => "failed").increment(1);
-                metrics::counter!("ingest_jobs_failed_total", "reason" => failure.reason)
+                metrics::counter!("ingest_jobs_failed_total", "reason" => failure.reason.as_str())
                     .increment(1);
                 tracing::warn!(error = %failure.message, "job failed");
                 if let Err(e) = self.drop_failed_vectors(job).await {

@@ -117,7 +117,7 @@ pub async fn guard(
     let path = req.path().to_string();
 
     if security.blocked(ip) {
-        rejected("ip_blocked");
+        rejected(Rejection::IpBlocked);
         let err = ApiError::new(
             StatusCode::FORBIDDEN,
             "ip_blocked",
@@ -138,7 +138,7 @@ pub async fn guard(
     let caller = match admit(security, policy, ctx.loopback, presented).await {
         Ok(caller) => caller,
         Err(Denied::Unauthenticated(failure)) => {
-            rejected("unauthorized");
+            rejected(Rejection::Unauthorized);
             // The one mapping of credential failures to statuses (401, or 503 when unavailable).
             let err = ApiError::from(SecurityError::Unauthorized(failure));
             return Ok(finish(
@@ -148,7 +148,7 @@ pub async fn guard(
             ));
         }
         Err(Denied::Forbidden(caller, why)) => {
-            rejected("forbidden");
+            rejected(Rejection::Forbidden);
             span.record("user", tracing::field::display(caller.principal.label()));
             req.extensions_mut().insert(caller.clone());
             let audit = AuditCtx::from_request(req.request());
@@ -200,7 +200,7 @@ pub async fn guard(
                 .map(|w| (w, label));
         }
         if let Some((wait, who)) = limited {
-            rejected("rate_limited");
+            rejected(Rejection::RateLimited);
             let audit = AuditCtx::from_request(req.request());
             security
                 .audit_once(
@@ -299,10 +299,36 @@ fn finish<B>(mut res: ServiceResponse<B>, path: &str) -> ServiceResponse<B> {
     res
 }
 
-/// `security_rejected_requests_total{reason}`: requests the guard turned away, for the security
-/// dashboard and the blocked-address alert.
-fn rejected(reason: &'static str) {
-    metrics::counter!("security_rejected_requests_total", "reason" => reason).increment(1);
+/// Why the guard turned a request away, as `security_rejected_requests_total{reason}` counts it
+/// (the security dashboard and the blocked-address alert).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    IpBlocked,
+    RateLimited,
+    Unauthorized,
+    Forbidden,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 4] = [
+        Self::IpBlocked,
+        Self::RateLimited,
+        Self::Unauthorized,
+        Self::Forbidden,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::IpBlocked => "ip_blocked",
+            Self::RateLimited => "rate_limited",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+        }
+    }
+}
+
+fn rejected(reason: Rejection) {
+    metrics::counter!("security_rejected_requests_total", "reason" => reason.as_str()).increment(1);
 }
 
 #[cfg(test)]

@@ -236,18 +236,12 @@ pub fn register_event_counters() {
     for reason in ["timeout", "died"] {
         metrics::counter!("parser_killed_total", "reason" => reason).increment(0);
     }
-    for reason in [
-        "parse",
-        "empty",
-        "too_large",
-        "deleted",
-        "dependency",
-        "other",
-    ] {
-        metrics::counter!("ingest_jobs_failed_total", "reason" => reason).increment(0);
+    for reason in crate::ingest::worker::FailureReason::ALL {
+        metrics::counter!("ingest_jobs_failed_total", "reason" => reason.as_str()).increment(0);
     }
-    for reason in ["ip_blocked", "rate_limited", "unauthorized", "forbidden"] {
-        metrics::counter!("security_rejected_requests_total", "reason" => reason).increment(0);
+    for reason in crate::security::guard::Rejection::ALL {
+        metrics::counter!("security_rejected_requests_total", "reason" => reason.as_str())
+            .increment(0);
     }
 }
 

@@ -536,3 +536,14 @@ pub fn mongo_settings(url: &str) -> Vec<(String, String)> {
         ("documents.timeout_ms".into(), "2000".into()),
     ]
 }
+
+/// `doc-rag eval ARGS` parsed as the binary parses it, for `eval::run` in-process.
+pub fn eval_args(args: &[&str]) -> doc_rag::cli::eval::EvalArgs {
+    use clap::Parser;
+    let mut argv = vec!["doc-rag", "eval"];
+    argv.extend_from_slice(args);
+    match doc_rag::cli::Cli::try_parse_from(argv).unwrap().command {
+        doc_rag::cli::Command::Eval(args) => args,
+        other => panic!("parsed as {other:?}"),
+    }
+}
