@@ -11,7 +11,9 @@ FROM rust:1.95-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends libpq-dev python3 python3-pip && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN bash scripts/fetch-models.sh /models && cargo build --release --locked
+# The commit is compiled in: build_info{git_sha} on /metrics says which build serves.
+ARG REVISION=unknown
+RUN bash scripts/fetch-models.sh /models && DOCRAG_GIT_SHA="${REVISION}" cargo build --release --locked
 
 FROM debian:bookworm-slim
 ARG VERSION=dev

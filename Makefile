@@ -17,8 +17,9 @@ models:
 build:
 	$(CARGO) build --locked
 
+# A release names its commit in build_info{git_sha} (/metrics).
 release:
-	$(CARGO) build --locked --release
+	DOCRAG_GIT_SHA="$$(git rev-parse HEAD 2>/dev/null || echo unknown)" $(CARGO) build --locked --release
 
 # The dev profile compiles every dependency with full optimisation (Cargo.toml), so the model,
 # tokenizer and vector engine run at release speed, and `make run` reuses what `make test` built.

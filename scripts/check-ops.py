@@ -70,7 +70,7 @@ METRICS = {
     "auth_login_failures_total", "auth_logins_total", "security_rejected_requests_total",
     # backups (issue 10) and feedback (issue 11)
     "backup_last_success_timestamp_seconds", "backup_duration_seconds", "backup_size_bytes",
-    "feedback_total",
+    "backups_total", "feedback_total",
     # Prometheus itself
     "up",
 }
@@ -371,10 +371,13 @@ def check_dockerfile():
             error(f"Dockerfile: no label org.opencontainers.image.{key} from ${arg}")
         if arg not in args:
             error(f"Dockerfile: no ARG {arg} in the final stage")
+    build = lines[: lines.index(froms[-1])]
+    if not any(l.upper().startswith("RUN ") and re.search(r'DOCRAG_GIT_SHA="?\$\{?REVISION\b', l) for l in build):
+        error("Dockerfile: the build stage does not compile REVISION in (DOCRAG_GIT_SHA, build_info{git_sha})")
     if not any(l.upper().startswith("COPY ") and "/models" in l for l in final):
         error("Dockerfile: the model files are not copied into the image")
     if not errors:
-        print("Dockerfile: multi-stage, non-root USER, HEALTHCHECK /ready:8080, OCI labels from build args, models baked in")
+        print("Dockerfile: multi-stage, non-root USER, HEALTHCHECK /ready:8080, OCI labels from build args, git sha compiled in, models baked in")
 
 
 def print_anchors(base):

@@ -45,17 +45,10 @@ DEFAULT_FILES = ["docs/runbook.md", "docs/troubleshooting.md"]
 # Metrics and commands that are designed but not built yet. The docs may name them only in a
 # paragraph that says "planned" (and should say which issue brings them).
 PLANNED = {
-    # issue 10: `doc-rag backup` / `doc-rag restore` and their metrics
-    "backup_last_success_timestamp_seconds": "issue 10",
-    "backup_duration_seconds": "issue 10",
-    "backup_size_bytes": "issue 10",
     # issue 11: user feedback on answers
     "feedback_total": "issue 11",
 }
-PLANNED_COMMANDS = {
-    "backup": "issue 10",
-    "restore": "issue 10",
-}
+PLANNED_COMMANDS: dict[str, str] = {}
 
 DOCRAG_PORTS = {"8080", "8082", "8083", "8084", "8085", "8087"}
 # Shell variables the docs use for doc-rag's base URLs.

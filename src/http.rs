@@ -22,6 +22,7 @@ use serde_json::json;
 
 use crate::AppState;
 use crate::api::model::ErrorBody;
+use crate::backup::BackupError;
 use crate::embedder::EmbedError;
 use crate::ingest::IngestError;
 use crate::limits::LimitError;
@@ -154,6 +155,24 @@ impl From<StorageError> for ApiError {
             | StorageError::BadUrl(_)
             | StorageError::Corrupt(_)
             | StorageError::Join(_) => ApiError::internal(&e),
+        }
+    }
+}
+
+impl From<BackupError> for ApiError {
+    fn from(e: BackupError) -> Self {
+        match e {
+            BackupError::Busy => {
+                ApiError::new(StatusCode::CONFLICT, "backup_in_progress", e.to_string())
+                    .with_retry_after(60)
+            }
+            BackupError::Storage(e) => e.into(),
+            BackupError::Invalid(_)
+            | BackupError::Corrupt(_)
+            | BackupError::Incompatible(_)
+            | BackupError::NotEmpty(_)
+            | BackupError::OutputExists(_)
+            | BackupError::Io { .. } => ApiError::internal(&e),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! the tests both start the service through it.
 
 pub mod api;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod embedder;
@@ -272,6 +273,15 @@ impl Application {
             settings.storage.data_dir.clone(),
             shutdown_rx.clone(),
         )));
+        backup::service::record_existing(&settings);
+        if let Some(schedule) = settings.backup.parsed_schedule()? {
+            background.push(backup::service::spawn_schedule(
+                storage.clone(),
+                settings.clone(),
+                schedule,
+                shutdown_rx.clone(),
+            ));
+        }
         background.push(tokio::spawn(optimize_loop(storage.clone(), shutdown_rx)));
         Ok(Self {
             servers,

@@ -481,6 +481,37 @@ async fn multipart_upload_html_and_request_ids() {
     ] {
         assert!(spec["paths"].get(path).is_some(), "openapi lacks {path}");
     }
+    // docs/api_documentation.md lists every operation of the spec in a table row
+    // `| METHOD | `path` |`, and the api port's table names no operation the spec lacks.
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/api_documentation.md"
+    ))
+    .unwrap();
+    let row = |method: &str, path: &str| format!("| {method} | `{path}` |");
+    for (path, ops) in spec["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            let method = method.to_uppercase();
+            assert!(
+                doc.contains(&row(&method, path)),
+                "docs/api_documentation.md has no row {}",
+                row(&method, path)
+            );
+        }
+    }
+    let api_section = &doc[doc.find("## api (port 8080)").unwrap()..];
+    let api_section = &api_section[..api_section.find("\n### ").unwrap()];
+    for line in api_section
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.contains(" | `/"))
+    {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (method, path) = (cells[1].to_lowercase(), cells[2].trim_matches('`'));
+        assert!(
+            spec["paths"][path].get(&method).is_some(),
+            "docs/api_documentation.md documents {method} {path}, which /openapi.json lacks"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,16 +1,19 @@
 //! The `doc-rag` command line: `serve` and `migrate` run the service side; `ingest`, `ask` and
 //! `search` are HTTP clients of a running service (see [`client`]), `eval` measures its retrieval
 //! on a BEIR dataset (see [`eval`]); `login`, `logout` and `admin` manage sessions and security
-//! (see [`admin`]).
+//! (see [`admin`]); `backup` and `restore` copy every store (see [`backup`]), and `reindex` asks a
+//! running service to index everything again.
 
 pub mod admin;
 mod api;
+pub mod backup;
 pub mod bulk;
 pub mod client;
 pub mod credentials;
 pub mod eval;
 mod files;
 mod output;
+mod reindex;
 
 use std::path::PathBuf;
 
@@ -52,6 +55,13 @@ pub enum Command {
     Admin(admin::AdminArgs),
     /// Check that every store agrees (chunks, vectors, jobs); --repair fixes what it finds
     Verify(VerifyArgs),
+    /// Back up every store (documents, chunks, vectors, users, keys, audit) into a new directory
+    Backup(backup::BackupArgs),
+    /// Restore a backup into empty stores of any backend, then verify them
+    Restore(backup::RestoreArgs),
+    /// Embed and index every document again (after a model change); the old vectors serve
+    /// meanwhile
+    Reindex(reindex::ReindexArgs),
     /// Internal: a sandboxed document parser the server starts (reads requests on stdin)
     #[command(hide = true)]
     ParseWorker(ParseWorkerArgs),
@@ -228,6 +238,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logout(args) => admin::logout(args).await,
         Command::Admin(args) => admin::run(args).await,
         Command::Verify(args) => verify(args).await,
+        Command::Backup(args) => backup::backup(args).await,
+        Command::Restore(args) => backup::restore(args).await,
+        Command::Reindex(args) => reindex::reindex(args).await,
         Command::ParseWorker(args) => {
             crate::ingest::sandbox::serve_worker(args.memory_max_mb, args.cpu_max_secs)
         }

@@ -38,6 +38,7 @@ pub struct Settings {
     pub limits: LimitsSettings,
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
+    pub backup: BackupSettings,
 }
 
 /// Limits on what callers send (see `[limits]` in config/default.toml).
@@ -316,6 +317,40 @@ pub enum LogFormat {
     Json,
 }
 
+/// Backups (`doc-rag backup`, `POST /v1/admin/backups`, and the schedule).
+#[derive(Debug, Clone, Deserialize)]
+pub struct BackupSettings {
+    /// Where the server writes backups, one directory each; empty: `<data_dir>/backups`.
+    pub dir: String,
+    /// Cron expression (seconds first: `0 0 3 * * *` is 03:00 UTC daily); empty: no schedule.
+    pub schedule: String,
+    /// Scheduled and API backups kept in `dir`; older ones are removed after a good backup.
+    pub retention: usize,
+}
+
+impl BackupSettings {
+    /// `schedule` parsed; `None` when it is empty.
+    pub fn parsed_schedule(&self) -> Result<Option<cron::Schedule>, ConfigError> {
+        let s = self.schedule.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        s.parse::<cron::Schedule>().map(Some).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "backup.schedule {s:?} is not a cron expression (seconds first, e.g. \"0 0 3 * * *\"): {e}"
+            ))
+        })
+    }
+
+    pub fn dir(&self, data_dir: &Path) -> PathBuf {
+        if self.dir.trim().is_empty() {
+            data_dir.join("backups")
+        } else {
+            PathBuf::from(self.dir.trim())
+        }
+    }
+}
+
 /// Distributed tracing: spans exported over OTLP (HTTP, protobuf) when an endpoint is set.
 #[derive(Debug, Clone, Deserialize)]
 pub struct TelemetrySettings {
@@ -440,6 +475,7 @@ impl Settings {
         if self.parser.memory_max_mb < 64 {
             return invalid("parser.memory_max_mb must be at least 64");
         }
+        self.backup.parsed_schedule()?;
         if self.ingest.workers == 0 {
             return invalid("ingest.workers must be at least 1");
         }

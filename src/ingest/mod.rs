@@ -16,6 +16,7 @@
 pub mod chunk;
 pub mod parse;
 pub mod pipeline;
+pub mod reindex;
 pub mod removal;
 pub mod sandbox;
 pub mod submit;

@@ -1,9 +1,14 @@
-//! Score-aware fusion of the dense and keyword rankings, computed here rather than in the index.
+//! Fusion of the dense and keyword rankings, computed here rather than in the index, so that it
+//! is deterministic: hits with equal scores are ordered by chunk id, in each ranking and in the
+//! fused one. (The engines break ties by where a point sits in their segments, and the in-index
+//! fusion by hash-map order, so the same data indexed in another order — a restored backup, a
+//! replica — or a restart could rank tied hits differently.)
 //!
-//! Reciprocal rank fusion (the index's own, `query.fusion = "rrf"`) sees only ranks: a keyword
-//! list whose top hit barely matched counts as much as a dense list that is sure. On dbpedia-5k
-//! that made hybrid worse than dense alone. The score-aware methods keep how far apart the
-//! candidates are:
+//! - `rrf`, reciprocal rank fusion with Qdrant's weighted formula, `1 / ((rank + 1) / weight +
+//!   k - 1)`, so it scores as the engines' own fusion did. It sees only ranks: a keyword list
+//!   whose top hit barely matched counts as much as a dense list that is sure. On dbpedia-5k
+//!   that made hybrid worse than dense alone. The score-aware methods keep how far apart the
+//!   candidates are:
 //! - `dbsf`, distribution-based score fusion (as Qdrant defines it): each list's scores are
 //!   scaled to [0, 1] between mean ± 3 standard deviations, then summed (weighted).
 //! - `convex`, a normalised convex combination: each list min-max scaled to [0, 1], then
@@ -23,7 +28,7 @@ use crate::storage::vector::VectorHit;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FusionMethod {
-    /// Reciprocal rank fusion, inside the vector index (one query).
+    /// Reciprocal rank fusion.
     Rrf,
     /// Distribution-based score fusion.
     Dbsf,
@@ -63,37 +68,60 @@ fn normalise(scores: &[f32], method: FusionMethod) -> Vec<f32> {
         .collect()
 }
 
-/// Fuses two rankings (best first) into at most `limit` hits, best first. Ties keep the order in
-/// which candidates were first seen (dense first), so results are deterministic.
+/// Best first; equal scores by chunk id, so a ranking does not depend on where the engine keeps
+/// the points.
+pub fn order(hits: &mut [VectorHit]) {
+    hits.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then(a.chunk_id.cmp(&b.chunk_id))
+    });
+}
+
+/// Reciprocal rank fusion's score of the hit at `rank` (0-based) of a ranking of `weight`, as
+/// Qdrant computes it (a weight of 0 contributes nothing).
+fn rrf_score(rank: usize, k: usize, weight: f32) -> f32 {
+    if weight <= 0.0 {
+        return 0.0;
+    }
+    1.0 / ((rank + 1) as f32 / weight + k as f32 - 1.0)
+}
+
+/// Fuses two rankings into at most `limit` hits, best first; equal scores by chunk id, in each
+/// ranking and in the result, so results are deterministic.
 pub fn fuse(
-    dense: Vec<VectorHit>,
-    keyword: Vec<VectorHit>,
+    mut dense: Vec<VectorHit>,
+    mut keyword: Vec<VectorHit>,
     method: FusionMethod,
     weights: [f32; 2],
     rrf_k: usize,
     limit: usize,
 ) -> Vec<VectorHit> {
+    order(&mut dense);
+    order(&mut keyword);
     let mut fused: Vec<(f32, VectorHit)> = Vec::with_capacity(dense.len() + keyword.len());
     let mut at: HashMap<Uuid, usize> = HashMap::new();
     for (list, weight) in [(dense, weights[0]), (keyword, weights[1])] {
         let scores: Vec<f32> = match method {
             FusionMethod::Rrf => (0..list.len())
-                .map(|rank| 1.0 / (rrf_k as f32 + rank as f32 + 1.0))
+                .map(|rank| rrf_score(rank, rrf_k, weight))
                 .collect(),
-            _ => normalise(&list.iter().map(|h| h.score).collect::<Vec<_>>(), method),
+            _ => normalise(&list.iter().map(|h| h.score).collect::<Vec<_>>(), method)
+                .into_iter()
+                .map(|s| weight * s)
+                .collect(),
         };
         for (hit, score) in list.into_iter().zip(scores) {
             match at.get(&hit.chunk_id) {
-                Some(&i) => fused[i].0 += weight * score,
+                Some(&i) => fused[i].0 += score,
                 None => {
                     at.insert(hit.chunk_id, fused.len());
-                    fused.push((weight * score, hit));
+                    fused.push((score, hit));
                 }
             }
         }
     }
-    // Stable: equal scores keep first-seen order.
-    fused.sort_by(|a, b| b.0.total_cmp(&a.0));
+    fused.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.chunk_id.cmp(&b.1.chunk_id)));
     fused
         .into_iter()
         .take(limit)
@@ -133,8 +161,8 @@ mod tests {
     }
 
     #[test]
-    fn rrf_sums_reciprocal_ranks() {
-        // dense: 1, 2, 3; keyword: 3, 4. k = 60.
+    fn rrf_sums_reciprocal_ranks_as_qdrant_does() {
+        // dense: 1, 2, 3; keyword: 3, 4. k = 60: rank r (0-based) scores 1 / (r + 60).
         let out = fuse(
             vec![hit(1, 0.9), hit(2, 0.8), hit(3, 0.7)],
             vec![hit(3, 12.0), hit(4, 3.0)],
@@ -144,9 +172,45 @@ mod tests {
             10,
         );
         assert_eq!(ids(&out), vec![3, 1, 2, 4]);
-        assert!(close(out[0].score, 1.0 / 63.0 + 1.0 / 61.0));
-        assert!(close(out[1].score, 1.0 / 61.0));
-        assert!(close(out[3].score, 1.0 / 62.0));
+        assert!(close(out[0].score, 1.0 / 62.0 + 1.0 / 60.0));
+        assert!(close(out[1].score, 1.0 / 60.0));
+        assert!(close(out[3].score, 1.0 / 61.0));
+        // Weighted: rank r of a ranking of weight w scores 1 / ((r + 1) / w + k - 1).
+        let out = fuse(
+            vec![hit(1, 0.9)],
+            vec![hit(2, 5.0)],
+            FusionMethod::Rrf,
+            [2.0, 0.5],
+            60,
+            10,
+        );
+        assert!(close(out[0].score, 1.0 / (0.5 + 59.0)) && close(out[1].score, 1.0 / 61.0));
+    }
+
+    #[test]
+    fn ties_are_ordered_by_chunk_id_whatever_order_the_engine_returned() {
+        // The keyword ranking ties 7 and 5; the engine may list them either way.
+        let a = fuse(
+            vec![hit(1, 0.9)],
+            vec![hit(7, 3.0), hit(5, 3.0), hit(1, 1.0)],
+            FusionMethod::Rrf,
+            [1.0, 1.0],
+            60,
+            10,
+        );
+        let b = fuse(
+            vec![hit(1, 0.9)],
+            vec![hit(5, 3.0), hit(7, 3.0), hit(1, 1.0)],
+            FusionMethod::Rrf,
+            [1.0, 1.0],
+            60,
+            10,
+        );
+        assert_eq!(ids(&a), ids(&b));
+        assert_eq!(ids(&a), vec![1, 5, 7]);
+        let mut single = vec![hit(9, 0.5), hit(3, 0.5), hit(4, 0.7)];
+        order(&mut single);
+        assert_eq!(ids(&single), vec![4, 3, 9]);
     }
 
     #[test]

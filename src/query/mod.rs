@@ -24,7 +24,6 @@ use crate::limits::{LimitError, check_bytes, check_filter, validate_collection};
 use crate::storage::cache::ALL_COLLECTIONS;
 use crate::storage::vector::{SearchMode, VectorQuery};
 
-use self::fusion::FusionMethod;
 use crate::storage::{Storage, StorageError};
 
 pub const MAX_QUERY_CHARS: usize = 2000;
@@ -178,27 +177,34 @@ impl QueryService {
         let vectors = &self.storage.vectors;
         let method = self.settings.fusion;
         let started = Instant::now();
-        let hits = if p.mode == SearchMode::Hybrid && method != FusionMethod::Rrf {
-            // Score-aware fusion needs both lists with their scores: two queries, fused here.
+        let hits = if p.mode == SearchMode::Hybrid {
+            // Both rankings with their scores, fused here: score-aware methods need the scores,
+            // and every method orders ties the same way whatever the index's layout.
             let single = |mode, limit| VectorQuery {
                 mode,
                 limit,
                 ..query.clone()
             };
             let prefetch = query.prefetch_limit;
-            let (dense, keyword) = tokio::try_join!(
-                vectors.search(single(SearchMode::Dense, prefetch)),
-                vectors.search(single(SearchMode::Keyword, prefetch)),
-            )
+            let (dense, keyword) = async {
+                tokio::try_join!(
+                    vectors.search(single(SearchMode::Dense, prefetch)),
+                    vectors.search(single(SearchMode::Keyword, prefetch)),
+                )
+            }
+            .instrument(tracing::info_span!("index"))
+            .await
             .map_err(query_error)?;
             let weights = [self.settings.dense_weight, self.settings.keyword_weight];
             fusion::fuse(dense, keyword, method, weights, query.rrf_k, p.top_k)
         } else {
-            vectors
+            let mut hits = vectors
                 .search(query)
                 .instrument(tracing::info_span!("index"))
                 .await
-                .map_err(query_error)?
+                .map_err(query_error)?;
+            fusion::order(&mut hits);
+            hits
         };
         stage_done("index", started);
         let started = Instant::now();

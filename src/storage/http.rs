@@ -1,5 +1,7 @@
-//! The storage service's own port: `GET /v1/stats` with counts from every store, and
-//! `POST /v1/admin/verify[?repair=true]`, which checks (and repairs) that the stores agree.
+//! The storage service's own port: `GET /v1/stats` with counts from every store,
+//! `POST /v1/admin/verify[?repair=true]`, which checks (and repairs) that the stores agree, and
+//! `POST /v1/admin/backups`, which backs every store up into `backup.dir`, and
+//! `POST /v1/admin/reindex`, which queues documents to be embedded and indexed again.
 
 use std::sync::Arc;
 
@@ -53,9 +55,48 @@ async fn verify(
     Ok(HttpResponse::Ok().json(report))
 }
 
+/// A backup of every store into a new directory of `backup.dir` (201 with its manifest); 409
+/// `backup_in_progress` while one runs.
+async fn create_backup(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
+    let written = crate::backup::service::run(
+        &state.storage,
+        &state.settings,
+        crate::backup::service::Trigger::Api,
+    )
+    .await?;
+    Ok(HttpResponse::Created().json(written))
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReindexRequest {
+    /// Only this collection's documents.
+    collection: Option<String>,
+}
+
+/// Queues every document (or one collection's) to be indexed again; the old vectors serve until
+/// each one's new vectors replace them. 202 with the number queued.
+async fn reindex(state: web::Data<AppState>, body: web::Bytes) -> ApiResult<HttpResponse> {
+    let request: ReindexRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ReindexRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            crate::http::ApiError::bad_request(format!(
+                "the body is optional; when given it is {{\"collection\": \"name\"}}: {e}"
+            ))
+        })?
+    };
+    let queued =
+        crate::ingest::reindex::reindex_all(&state.storage, request.collection.as_deref()).await?;
+    tracing::info!(module = "storage", queued, collection = ?request.collection, "re-index queued");
+    Ok(HttpResponse::Accepted().json(json!({ "queued": queued })))
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/stats", web::get().to(stats))
-        .route("/v1/admin/verify", web::post().to(verify));
+        .route("/v1/admin/verify", web::post().to(verify))
+        .route("/v1/admin/backups", web::post().to(create_backup))
+        .route("/v1/admin/reindex", web::post().to(reindex));
 }
 
 pub fn readiness(

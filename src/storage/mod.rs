@@ -449,6 +449,17 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn inventory(&self) -> Result<Inventory, StorageError>;
     /// Queues a fresh job for the document's current version (`verify --repair`).
     async fn reindex(&self, id: Uuid) -> Result<bool, StorageError>;
+    /// Up to `limit` documents in id order, after `after`: a backup pages through them.
+    async fn export_documents(
+        &self,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<Document>, StorageError>;
+    /// Inserts backed-up documents as they were (ids, versions, states, times) in one
+    /// transaction, with their collections, inline originals and chunks, and a queued job for
+    /// each one that is to be indexed again. `Conflict` when an id or `(collection, external_id)`
+    /// is taken.
+    async fn restore_documents(&self, docs: Vec<RestoredDocument>) -> Result<(), StorageError>;
     /// Removes chunk rows whose document is gone; returns how many.
     async fn delete_orphan_chunks(&self) -> Result<u64, StorageError>;
     /// Puts jobs left running by a process that is gone back in the queue. Embedded (single process)
@@ -465,6 +476,19 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Connections of the pool now: (open, idle, maximum).
     fn pool_state(&self) -> (u32, u32, u32);
     fn backend(&self) -> &'static str;
+}
+
+/// A document read back from a backup, for [`MetadataStore::restore_documents`].
+#[derive(Debug, Clone)]
+pub struct RestoredDocument {
+    /// As backed up; `status` is what it was unless `queue_job` is set (then `queued`).
+    pub document: Document,
+    /// The original bytes, when the metadata store keeps them (no `content_ref`).
+    pub content: Option<Vec<u8>>,
+    /// The live version's chunks, when the metadata store keeps chunk text.
+    pub chunks: Vec<StoredChunk>,
+    /// Index it again: the backup holds its original but no complete indexed version.
+    pub queue_job: bool,
 }
 
 /// What [`MetadataStore::finish_job`] did.

@@ -24,7 +24,8 @@ pub struct SecurityState {
 pub struct UserRecord {
     pub id: String,
     pub email: String,
-    #[serde(skip_serializing)]
+    /// Never serialized (a backup writes it explicitly, `backup::UserLine`).
+    #[serde(skip_serializing, default)]
     pub password_hash: String,
     pub role: String,
     pub disabled: bool,
@@ -44,7 +45,7 @@ pub struct UserUpdate {
     pub end_sessions: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKeyRecord {
     pub id: String,
     pub name: String,
@@ -100,7 +101,7 @@ pub struct GrantRecord {
     pub created_at: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpBlockRecord {
     pub id: String,
     pub cidr: String,
@@ -189,6 +190,8 @@ pub trait SecurityStore: Send + Sync + 'static {
         &self,
         collection: &str,
     ) -> Result<Vec<GrantRecord>, StorageError>;
+    /// Every grant (a backup).
+    async fn list_grants(&self) -> Result<Vec<GrantRecord>, StorageError>;
 
     async fn add_ip_block(&self, block: IpBlockRecord) -> Result<(), StorageError>;
     async fn list_ip_blocks(&self) -> Result<Vec<IpBlockRecord>, StorageError>;

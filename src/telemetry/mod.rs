@@ -3,13 +3,15 @@
 //! Every module logs through `tracing` to stdout; each request runs in a span carrying the module
 //! that serves it and its `request_id` (taken from `X-Request-Id` or generated, and echoed in the
 //! response). Work a request hands to another module in-process (an embedding batch, an ingestion
-//! job) carries the id along. `log.format = json` prints one JSON object per line.
+//! job) carries the id along. `log.format = json` prints one JSON object per line, with `module`,
+//! `request_id` and (when traces are exported) `trace_id`/`span_id` at its top level.
 //!
 //! Metrics use the `metrics` facade with a Prometheus recorder; every port serves `/metrics`.
 //! Names follow the runbook's queries: `http_requests_total{status}` and
 //! `http_request_duration_seconds` (a histogram).
 
 pub mod gauges;
+mod json_line;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -140,11 +142,10 @@ pub fn init_logging(all: &Settings) {
                 .with(
                     tracing_subscriber::fmt::layer()
                         .json()
-                        .flatten_event(true)
-                        .with_current_span(true)
-                        // Every enclosing span: a line inside a query's `embed` span still
-                        // carries the request's id (in the `request` span).
-                        .with_span_list(true)
+                        // Every enclosing span in `spans`, and the request's `module` and
+                        // `request_id` (and trace ids) on the line itself, even inside a
+                        // query's `embed` span.
+                        .event_format(json_line::JsonLine::new())
                         .with_writer(std::io::stdout),
                 )
                 .try_init(),

@@ -127,6 +127,15 @@ impl TestApp {
             Backend::Sqlite => None,
             Backend::Postgres => Some(TestDatabase::create()),
         };
+        Self::spawn_in(dir, db, extra).await
+    }
+
+    /// The settings [`TestApp::spawn_in`] runs with: for opening the same stores directly.
+    pub fn settings_for(
+        dir: &std::path::Path,
+        db: Option<&TestDatabase>,
+        extra: &[(&str, &str)],
+    ) -> Settings {
         let mut pairs: Vec<(String, String)> = vec![
             ("ingest.poll_interval_ms".into(), "200".into()),
             ("security.admin_email".into(), ADMIN_EMAIL.into()),
@@ -149,7 +158,17 @@ impl TestApp {
         for (k, v) in extra {
             pairs.push((k.to_string(), v.to_string()));
         }
-        let settings = Settings::for_tests(dir.path(), &model_dir(), &pairs).unwrap();
+        Settings::for_tests(dir, &model_dir(), &pairs).unwrap()
+    }
+
+    /// An app on stores prepared by the test (a restored backup, say): data in `dir`, and the
+    /// metadata in `db` when given.
+    pub async fn spawn_in(
+        dir: tempfile::TempDir,
+        db: Option<TestDatabase>,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let settings = Self::settings_for(dir.path(), db.as_ref(), extra);
         doc_rag::telemetry::init_logging(&settings);
         let app = doc_rag::Application::build(settings.clone())
             .await

@@ -29,7 +29,7 @@ use super::{
     BATCH_FAILURES_SHOWN, BatchFailure, BatchView, ClaimedJob, CollectionInfo, DeletedDocument,
     Deletion, Document, DocumentState, DocumentStatus, DocumentStore, Finish, FinishedChunks,
     Inventory, Job, JobCounts, JobStatus, MetadataStats, MetadataStore, NewBatch, NewDocument,
-    QueueState, StorageError, StoredChunk, Submitted,
+    QueueState, RestoredDocument, StorageError, StoredChunk, Submitted,
 };
 use crate::config::{DatabaseKind, DatabaseSettings};
 
@@ -1153,6 +1153,86 @@ impl MetadataStore for SqlStore {
                     .set((documents::status.eq(DocumentStatus::Queued.as_str()), documents::updated_at.eq(now)))
                     .execute(c)?;
                 Ok(true)
+            })
+        }))
+        .await
+    }
+
+    async fn export_documents(
+        &self,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<Document>, StorageError> {
+        self.blocking(move |pool| {
+            with_conn!(pool, c => {
+                let mut query = documents::table.select(DocumentRow::as_select()).into_boxed();
+                if let Some(after) = after {
+                    query = query.filter(documents::id.gt(after.to_string()));
+                }
+                query
+                    .order(documents::id)
+                    .limit(limit)
+                    .load(c)?
+                    .into_iter()
+                    .map(DocumentRow::into_document)
+                    .collect()
+            })
+        })
+        .await
+    }
+
+    async fn restore_documents(&self, docs: Vec<RestoredDocument>) -> Result<(), StorageError> {
+        self.blocking(move |pool| with_conn!(pool, c => {
+            c.write_txn(|c| {
+                let now = now_ms();
+                for restored in &docs {
+                    let doc = &restored.document;
+                    let id = doc.id.to_string();
+                    let created_at = doc.created_at.timestamp_millis();
+                    diesel::insert_into(collections::table)
+                        .values((collections::name.eq(&doc.collection), collections::created_at.eq(created_at)))
+                        .on_conflict(collections::name)
+                        .do_nothing()
+                        .execute(c)?;
+                    let metadata = serde_json::to_string(&doc.metadata)
+                        .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                    let status = if restored.queue_job { DocumentStatus::Queued } else { doc.status };
+                    let row = DocumentRow {
+                        id: id.clone(),
+                        collection: doc.collection.clone(),
+                        external_id: doc.external_id.clone(),
+                        title: doc.title.clone(),
+                        content_type: doc.content_type.clone(),
+                        metadata,
+                        status: status.as_str().to_string(),
+                        version: doc.version,
+                        // Queued and failed documents have no live chunks.
+                        chunk_count: if status == DocumentStatus::Indexed { doc.chunk_count } else { 0 },
+                        size_bytes: doc.size_bytes,
+                        sha256: doc.sha256.clone(),
+                        error: doc.error.clone(),
+                        created_at,
+                        updated_at: doc.updated_at.timestamp_millis(),
+                        content_ref: doc.content_ref.map(|r| r.to_string()),
+                    };
+                    diesel::insert_into(documents::table).values(&row).execute(c)?;
+                    if let Some(content) = &restored.content {
+                        diesel::insert_into(document_contents::table)
+                            .values((
+                                document_contents::document_id.eq(&id),
+                                document_contents::content.eq(content),
+                            ))
+                            .execute(c)?;
+                    }
+                    if !restored.chunks.is_empty() {
+                        write_chunks!(c, &id, restored.chunks)?;
+                    }
+                    if restored.queue_job {
+                        let job = new_job_row(&id, doc.version, Some("restore".into()), None, now);
+                        diesel::insert_into(jobs::table).values(&job).execute(c)?;
+                    }
+                }
+                Ok(())
             })
         }))
         .await

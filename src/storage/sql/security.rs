@@ -600,6 +600,16 @@ impl SecurityStore for SqlStore {
             .collect()))
     }
 
+    async fn list_grants(&self) -> Result<Vec<GrantRecord>, StorageError> {
+        reading!(self, c => Ok(grants::table
+            .select(GrantRow::as_select())
+            .order((grants::collection, grants::principal))
+            .load(c)?
+            .into_iter()
+            .map(grant_record)
+            .collect()))
+    }
+
     async fn add_ip_block(&self, block: IpBlockRecord) -> Result<(), StorageError> {
         changing!(self, c => {
             let row = IpBlockRow {

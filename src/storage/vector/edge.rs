@@ -40,9 +40,9 @@ use qdrant_edge::{
     EdgeSparseVectorParams, EdgeVectorParams, FieldCondition, FieldIndexOperations, Filter, Fusion,
     JsonPath, Match, Modifier, NamedQuery, Payload, PayloadFieldSchema, PayloadSchemaType, PointId,
     PointInsertOperations, PointOperations, PointStructPersisted, Prefetch, QueryEnum,
-    QueryRequest, ScoredPoint, ScoringQuery, ScrollRequest, SparseVector, UpdateOperation,
-    VectorInternal, VectorPersisted, VectorStructPersisted, WalOptions, WithPayloadInterface,
-    WithVector,
+    QueryRequest, Record, ScoredPoint, ScoringQuery, ScrollRequest, SparseVector, UpdateOperation,
+    VectorInternal, VectorPersisted, VectorStructInternal, VectorStructPersisted, WalOptions,
+    WithPayloadInterface, WithVector,
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -341,6 +341,25 @@ impl VectorIndex for EdgeVectorIndex {
             ..request(filter, query.limit)
         })
         .await
+    }
+
+    async fn get_points(&self, ids: Vec<Uuid>) -> Result<Vec<IndexPoint>, StorageError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let records = self
+            .blocking(move |shard| {
+                let ids: Vec<PointId> = ids.into_iter().map(PointId::Uuid).collect();
+                shard
+                    .retrieve(
+                        &ids,
+                        Some(WithPayloadInterface::Bool(true)),
+                        Some(WithVector::Bool(true)),
+                    )
+                    .map_err(|e| engine_err("retrieve", e))
+            })
+            .await?;
+        records.into_iter().map(from_record).collect()
     }
 
     async fn count(&self) -> Result<u64, StorageError> {
@@ -678,6 +697,50 @@ fn to_hit(point: ScoredPoint) -> Option<VectorHit> {
             None
         }
     }
+}
+
+/// A stored point as the index hands it back: its named dense and sparse vectors (a chunk
+/// without BM25 terms has no sparse vector) and its payload.
+fn from_record(record: Record) -> Result<IndexPoint, StorageError> {
+    let PointId::Uuid(id) = record.id else {
+        return Err(StorageError::Corrupt(format!(
+            "vector point {:?} has a numeric id; chunk ids are UUIDs",
+            record.id
+        )));
+    };
+    let Some(VectorStructInternal::Named(mut vectors)) = record.vector else {
+        return Err(StorageError::Corrupt(format!(
+            "vector point {id} has no named vectors"
+        )));
+    };
+    let dense = match vectors.remove(DENSE_VECTOR) {
+        Some(VectorInternal::Dense(dense)) => dense,
+        _ => {
+            return Err(StorageError::Corrupt(format!(
+                "vector point {id} has no dense vector"
+            )));
+        }
+    };
+    let sparse = match vectors.remove(SPARSE_VECTOR) {
+        Some(VectorInternal::Sparse(s)) => SparseVec {
+            indices: s.indices,
+            values: s.values,
+        },
+        _ => SparseVec::default(),
+    };
+    let Some(Payload(map)) = record.payload else {
+        return Err(StorageError::Corrupt(format!(
+            "vector point {id} has no payload"
+        )));
+    };
+    let payload = serde_json::from_value::<ChunkPayload>(Value::Object(map))
+        .map_err(|e| StorageError::Corrupt(format!("vector point {id}: payload: {e}")))?;
+    Ok(IndexPoint {
+        id,
+        dense,
+        sparse,
+        payload,
+    })
 }
 
 fn document_filter(document_id: Uuid) -> Result<Filter, StorageError> {

@@ -108,6 +108,9 @@ pub trait VectorIndex: Send + Sync + 'static {
     async fn inventory(&self) -> Result<HashMap<(Uuid, i64), u64>, StorageError>;
     /// Ranked hits, best first, at most `query.limit`.
     async fn search(&self, query: VectorQuery) -> Result<Vec<VectorHit>, StorageError>;
+    /// The points with these ids that exist, with their vectors and payloads (a backup reads
+    /// them), in no particular order.
+    async fn get_points(&self, ids: Vec<Uuid>) -> Result<Vec<IndexPoint>, StorageError>;
     /// Number of points held.
     async fn count(&self) -> Result<u64, StorageError>;
     /// Number of points of one document.

@@ -19,10 +19,10 @@ use qdrant_client::qdrant::point_id::PointIdOptions;
 use qdrant_client::qdrant::vectors_config::Config as VectorsConfigKind;
 use qdrant_client::qdrant::{
     self, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
-    DeletePointsBuilder, Distance, FieldType, Filter, Modifier, NamedVectors, PointId, PointStruct,
-    PrefetchQueryBuilder, Query, QueryPointsBuilder, Rrf, ScrollPointsBuilder,
-    SparseVectorParamsBuilder, SparseVectorsConfigBuilder, UpsertPointsBuilder, Vector,
-    VectorInput, VectorParamsBuilder, VectorsConfigBuilder,
+    DeletePointsBuilder, Distance, FieldType, Filter, GetPointsBuilder, Modifier, NamedVectors,
+    PointId, PointStruct, PrefetchQueryBuilder, Query, QueryPointsBuilder, Rrf,
+    ScrollPointsBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder,
+    UpsertPointsBuilder, Vector, VectorInput, VectorParamsBuilder, VectorsConfigBuilder,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
 use secrecy::ExposeSecret;
@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use super::{
     ChunkPayload, DENSE_VECTOR, IndexPoint, KEYWORD_FIELDS, MatchValue, Plan, SPARSE_VECTOR,
-    VectorHit, VectorIndex, VectorQuery, check_dense, payload_object, scope_conditions,
+    SparseVec, VectorHit, VectorIndex, VectorQuery, check_dense, payload_object, scope_conditions,
 };
 use crate::config::VectorsSettings;
 use crate::storage::breaker::{CallError, Guarded, wait_at_startup};
@@ -288,6 +288,41 @@ fn to_point(point: IndexPoint, dim: usize) -> Result<PointStruct, StorageError> 
     Ok(PointStruct::new(id.to_string(), vectors, payload))
 }
 
+/// A point as the server hands it back: its named dense and sparse vectors (a chunk without
+/// BM25 terms has no sparse vector) and its payload.
+fn from_retrieved(point: qdrant::RetrievedPoint) -> Result<IndexPoint, StorageError> {
+    use qdrant::vector_output::Vector as Output;
+    let Some(id) = point_uuid(point.id) else {
+        return Err(StorageError::Corrupt("a point without a UUID id".into()));
+    };
+    let vectors = point
+        .vectors
+        .ok_or_else(|| StorageError::Corrupt(format!("vector point {id} has no vectors")))?;
+    let dense = match vectors.get_vector_by_name(DENSE_VECTOR) {
+        Some(Output::Dense(d)) => d.data,
+        _ => {
+            return Err(StorageError::Corrupt(format!(
+                "vector point {id} has no dense vector"
+            )));
+        }
+    };
+    let sparse = match vectors.get_vector_by_name(SPARSE_VECTOR) {
+        Some(Output::Sparse(s)) => SparseVec {
+            indices: s.indices,
+            values: s.values,
+        },
+        _ => SparseVec::default(),
+    };
+    let payload = to_payload(point.payload)
+        .ok_or_else(|| StorageError::Corrupt(format!("vector point {id}: unreadable payload")))?;
+    Ok(IndexPoint {
+        id,
+        dense,
+        sparse,
+        payload,
+    })
+}
+
 fn point_uuid(id: Option<PointId>) -> Option<Uuid> {
     match id?.point_id_options? {
         PointIdOptions::Uuid(s) => Uuid::parse_str(&s).ok(),
@@ -472,6 +507,28 @@ impl VectorIndex for QdrantVectorIndex {
                 })
             })
             .collect())
+    }
+
+    async fn get_points(&self, ids: Vec<Uuid>) -> Result<Vec<IndexPoint>, StorageError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<PointId> = ids.iter().map(|id| PointId::from(id.to_string())).collect();
+        let response = self
+            .call("get points", || {
+                let ids = ids.clone();
+                async move {
+                    self.client
+                        .get_points(
+                            GetPointsBuilder::new(&self.collection, ids)
+                                .with_payload(true)
+                                .with_vectors(true),
+                        )
+                        .await
+                }
+            })
+            .await?;
+        response.result.into_iter().map(from_retrieved).collect()
     }
 
     async fn count(&self) -> Result<u64, StorageError> {
