@@ -39,3 +39,13 @@ fi
 "$venv/bin/python" -c 'import yaml' 2>/dev/null || "$venv/bin/pip" install --quiet PyYAML
 [ -x "$venv/bin/secantusd-py" ] || { echo "services: $venv/bin/secantusd-py is missing" >&2; exit 1; }
 echo "services: SecantusDB $secantus_version in $venv (MongoDB suites)"
+
+# S3 is not installable here either: the backup suite puts backups into moto's S3-compatible
+# server (PyPI `moto[server]`), started on a port of its own.
+moto_version="5.2.5"
+if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('moto') != '$moto_version')" 2>/dev/null \
+   || ! "$venv/bin/python" -c 'import flask' 2>/dev/null; then
+  echo "services: installing moto[server]==$moto_version into $venv"
+  "$venv/bin/pip" install --quiet "moto[server]==$moto_version"
+fi
+echo "services: moto $moto_version in $venv (S3 backups)"

@@ -172,6 +172,7 @@ impl From<BackupError> for ApiError {
             | BackupError::Incompatible(_)
             | BackupError::NotEmpty(_)
             | BackupError::OutputExists(_)
+            | BackupError::Remote(_)
             | BackupError::Io { .. } => ApiError::internal(&e),
         }
     }

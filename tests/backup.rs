@@ -606,7 +606,20 @@ async fn embedded_backup_restores_into_postgres_and_mongodb_and_back() {
     assert_eq!(manifest.counts.documents, 300);
 
     let mongo = MongoServer::start(free_port(), None);
-    let pairs = mongo_settings(&mongo.url());
+    let mut pairs = mongo_settings(&mongo.url());
+    let qdrant = std::env::var("DOCRAG_TEST_QDRANT_URL").ok();
+    match &qdrant {
+        Some(url) => {
+            pairs.push(("vectors.qdrant_url".into(), url.clone()));
+            pairs.push((
+                "vectors.collection".into(),
+                format!("restore_{}", uuid::Uuid::new_v4().simple()),
+            ));
+        }
+        None => {
+            println!("skipped: restoring into a Qdrant server (set DOCRAG_TEST_QDRANT_URL to one)")
+        }
+    }
     let extra: Vec<(&str, &str)> = pairs
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -627,6 +640,12 @@ async fn embedded_backup_restores_into_postgres_and_mongodb_and_back() {
     assert_eq!(report.documents, 300);
     let stats = servers.stats().await;
     assert_eq!(stats["backends"]["documents"], "mongodb", "{stats}");
+    let vectors = if qdrant.is_some() {
+        "qdrant"
+    } else {
+        "qdrant-edge"
+    };
+    assert_eq!(stats["backends"]["vectors"], vectors, "{stats}");
     assert_eq!(stats["documents_indexed"], 300, "{stats}");
     assert_same_results(
         "postgres + mongodb",
@@ -866,4 +885,142 @@ async fn scheduled_backups_run_and_keep_the_retention() {
     )])
     .unwrap_err();
     assert!(bad.to_string().contains("backup.schedule"), "{bad}");
+}
+
+/// A moto S3 server (PyPI `moto[server]`, installed by scripts/ensure-services.sh) on a port of
+/// its own.
+struct S3Server {
+    child: std::process::Child,
+    url: String,
+}
+
+impl S3Server {
+    fn start() -> Self {
+        let port = free_port();
+        let python = PathBuf::from(std::env::var("HOME").unwrap_or_default())
+            .join(".cache/doc-rag-venv/bin/python");
+        let child = Command::new(&python)
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto's S3 server starts (make check-services installs moto[server])");
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        S3Server { child, url }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `--out s3://bucket/prefix` uploads the backup (manifest last) to an S3-compatible server with
+/// the usual AWS variables, and `--from s3://…` restores it from there; a prefix without a
+/// backup is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_go_to_and_come_from_s3() {
+    let s3 = S3Server::start();
+    let r = reqwest::Client::new()
+        .put(format!("{}/doc-rag-backups", s3.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "create the bucket: {}", r.status());
+    let data = tempfile::tempdir().unwrap();
+    {
+        let mut server = ServerProcess::start(data.path(), &[], &[]);
+        let admin = server.admin_client().await;
+        let r = admin
+            .post(format!("{}/v1/documents?wait=true", server.url("api")))
+            .json(&json!({"title": "Cranes", "text": "The harbour has twelve cranes.", "collection": "ops"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        server.stop();
+    }
+    let aws = |cmd: &mut Command| {
+        cmd.env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", &s3.url)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("DOCRAG__EMBEDDER__MODEL_DIR", common::model_dir());
+    };
+    let run = |args: &[&str], dir: &Path| {
+        let mut cmd = Command::new(doc_rag_bin());
+        cmd.args(args).arg("--data-dir").arg(dir);
+        aws(&mut cmd);
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, text) = run(
+        &["backup", "--out", "s3://doc-rag-backups/nightly/1"],
+        data.path(),
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("uploaded") && text.contains("s3://doc-rag-backups/nightly/1"),
+        "{text}"
+    );
+    let listing = reqwest::get(format!(
+        "{}/doc-rag-backups?list-type=2&prefix=nightly/1/",
+        s3.url
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    for name in [
+        "manifest.json",
+        "documents.jsonl.gz",
+        "vectors.jsonl.gz",
+        "security.jsonl.gz",
+    ] {
+        assert!(
+            listing.contains(&format!("nightly/1/{name}")),
+            "{name} not in {listing}"
+        );
+    }
+
+    let restored = tempfile::tempdir().unwrap();
+    let (ok, text) = run(
+        &["restore", "--from", "s3://doc-rag-backups/nightly/1"],
+        restored.path(),
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("restored 1 documents") && text.contains(": ok"),
+        "{text}"
+    );
+    let (ok, text) = run(
+        &["restore", "--from", "s3://doc-rag-backups/none-here"],
+        tempfile::tempdir().unwrap().path(),
+    );
+    assert!(!ok && text.contains("has no manifest.json"), "{text}");
+    let (ok, text) = run(&["backup", "--out", "s3://doc-rag-backups"], data.path());
+    assert!(!ok && text.contains("s3://<bucket>/<prefix>"), "{text}");
 }

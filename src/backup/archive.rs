@@ -146,14 +146,19 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, BackupError> {
         .map_err(|e| BackupError::Invalid(format!("{}: {e}", path.display())))
 }
 
-/// Checks a file's size and SHA-256 against the manifest.
-pub fn check_file(dir: &Path, entry: &FileEntry) -> Result<(), BackupError> {
-    if entry.name.contains('/') || entry.name.contains('\\') || entry.name.starts_with('.') {
+/// Refuses a manifest file name that would reach outside the backup directory.
+pub fn check_name(name: &str) -> Result<(), BackupError> {
+    if name.is_empty() || name.contains('/') || name.contains('\\') || name.starts_with('.') {
         return Err(BackupError::Invalid(format!(
-            "the manifest names a file outside the backup: {:?}",
-            entry.name
+            "the manifest names a file outside the backup: {name:?}"
         )));
     }
+    Ok(())
+}
+
+/// Checks a file's size and SHA-256 against the manifest.
+pub fn check_file(dir: &Path, entry: &FileEntry) -> Result<(), BackupError> {
+    check_name(&entry.name)?;
     let path = dir.join(&entry.name);
     let mut file = File::open(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {

@@ -26,6 +26,9 @@
 //! after the restore, as are documents queued or indexing at the barrier. So a restore never holds
 //! half a version, and `verify` comes out clean.
 //!
+//! **Where**: a directory, or S3-compatible storage through a local staging directory
+//! ([`remote`]).
+//!
 //! **Restore** checks the manifest and every file's size and SHA-256 before it writes anything,
 //! refuses a target that holds documents or vectors unless forced, writes each page of documents
 //! to the stores in the order ingestion does (original, staged chunks, vectors, the metadata
@@ -34,6 +37,7 @@
 mod archive;
 mod export;
 mod import;
+pub mod remote;
 pub mod service;
 
 use std::path::{Path, PathBuf};
@@ -82,6 +86,9 @@ pub enum BackupError {
     /// The output directory holds files already.
     #[error("{0}")]
     OutputExists(String),
+    /// S3 refused or failed a request, or its configuration is incomplete.
+    #[error("S3: {0}")]
+    Remote(String),
     /// Another backup of this process is running.
     #[error("a backup is running already; try again when it has finished")]
     Busy,

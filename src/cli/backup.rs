@@ -10,15 +10,17 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::ServiceArgs;
+use crate::backup::remote::Location;
 use crate::backup::{Progress, RestoreOptions};
 
 #[derive(Args, Debug, Clone)]
 pub struct BackupArgs {
     #[command(flatten)]
     pub service: ServiceArgs,
-    /// A new or empty directory for the backup
-    #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    /// A new or empty directory for the backup, or s3://bucket/prefix (credentials, region and
+    /// endpoint from the AWS_* variables)
+    #[arg(long, value_name = "DIR|S3_URL")]
+    pub out: String,
     /// Print the manifest as JSON
     #[arg(long)]
     pub json: bool,
@@ -28,9 +30,9 @@ pub struct BackupArgs {
 pub struct RestoreArgs {
     #[command(flatten)]
     pub service: ServiceArgs,
-    /// The backup directory (with manifest.json)
-    #[arg(long, value_name = "DIR")]
-    pub from: PathBuf,
+    /// The backup: its directory (with manifest.json), or s3://bucket/prefix
+    #[arg(long, value_name = "DIR|S3_URL")]
+    pub from: String,
     /// Restore into stores that hold documents already; the backup's documents replace those
     /// with the same id
     #[arg(long)]
@@ -83,12 +85,28 @@ async fn open(
 }
 
 pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
+    let location = Location::parse(&args.out)?;
     let (settings, storage) = open(&args.service, "POST /v1/admin/backups").await?;
     let started = Instant::now();
+    // An S3 backup is staged locally first (see backup::remote); the staging directory goes
+    // when `_staging` drops.
+    let (dir, _staging): (PathBuf, Option<tempfile::TempDir>) = match &location {
+        Location::Dir(d) => (d.clone(), None),
+        Location::S3 { .. } => {
+            let t = tempfile::Builder::new()
+                .prefix("doc-rag-backup-")
+                .tempdir()?;
+            (t.path().join("backup"), Some(t))
+        }
+    };
     let bar = Bar::new("backing up");
-    let manifest = crate::backup::backup(&storage, &settings, &args.out, &bar).await;
+    let manifest = crate::backup::backup(&storage, &settings, &dir, &bar).await;
     bar.0.finish_and_clear();
     let manifest = manifest?;
+    if let Location::S3 { bucket, prefix } = &location {
+        let sent = crate::backup::remote::upload(&dir, bucket, prefix).await?;
+        println!("uploaded {sent} bytes to s3://{bucket}/{prefix}");
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&manifest)?);
         return Ok(());
@@ -116,7 +134,7 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
     }
     println!(
         "{}: {:.1} MiB in {:.1} s (snapshot {})",
-        args.out.display(),
+        args.out,
         bytes as f64 / (1 << 20) as f64,
         started.elapsed().as_secs_f64(),
         manifest.snapshot_at.to_rfc3339()
@@ -133,7 +151,18 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         force: args.force,
         skip_vectors: args.skip_vectors,
     };
-    let report = crate::backup::restore(&storage, &settings, &args.from, &options, &bar).await;
+    let staging;
+    let dir: PathBuf = match Location::parse(&args.from)? {
+        Location::Dir(d) => d,
+        Location::S3 { bucket, prefix } => {
+            staging = tempfile::Builder::new()
+                .prefix("doc-rag-restore-")
+                .tempdir()?;
+            crate::backup::remote::download(&bucket, &prefix, staging.path()).await?;
+            staging.path().to_path_buf()
+        }
+    };
+    let report = crate::backup::restore(&storage, &settings, &dir, &options, &bar).await;
     bar.0.finish_and_clear();
     let report = report?;
     if args.json {
