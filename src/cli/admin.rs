@@ -376,14 +376,7 @@ async fn target(args: &AdminArgs) -> anyhow::Result<Target> {
     let http = reqwest::Client::builder()
         .user_agent(concat!("doc-rag-cli/", env!("CARGO_PKG_VERSION")))
         .build()?;
-    let token = match args.token.as_deref().map(str::trim) {
-        Some(t) if !t.is_empty() => Some(t.to_string()),
-        // A stored session is for the API URL; its tokens are valid on the security port too.
-        _ => match credentials::load() {
-            Some(s) => credentials::token_for(&http, &s.url).await,
-            None => None,
-        },
-    };
+    let token = credentials::explicit_or_stored(&http, args.token.as_deref()).await;
     if token.is_none() {
         bail!("no credentials: `doc-rag login`, --token / DOCRAG_TOKEN, or --local on the server");
     }

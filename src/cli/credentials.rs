@@ -102,6 +102,18 @@ pub async fn token_for(http: &reqwest::Client, url: &str) -> Option<String> {
     Some(renewed.access_token)
 }
 
+/// The token for a port other than the API's: `explicit` (`--token` / `DOCRAG_TOKEN`) when given,
+/// else the stored session's, whose tokens are valid on every port.
+pub async fn explicit_or_stored(http: &reqwest::Client, explicit: Option<&str>) -> Option<String> {
+    match explicit.map(str::trim) {
+        Some(t) if !t.is_empty() => Some(t.to_string()),
+        _ => match load() {
+            Some(s) => token_for(http, &s.url).await,
+            None => None,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

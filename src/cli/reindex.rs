@@ -36,17 +36,11 @@ pub async fn reindex(args: ReindexArgs) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .user_agent(concat!("doc-rag-cli/", env!("CARGO_PKG_VERSION")))
         .build()?;
-    let token = match args.token.as_deref().map(str::trim) {
-        Some(t) if !t.is_empty() => t.to_string(),
-        // A stored session is for the API URL; its tokens are valid on every port.
-        _ => match credentials::load() {
-            Some(s) => credentials::token_for(&http, &s.url).await,
-            None => None,
-        }
+    let token = credentials::explicit_or_stored(&http, args.token.as_deref())
+        .await
         .context(
             "no credentials: `doc-rag login`, or --token / DOCRAG_TOKEN with an admin token",
-        )?,
-    };
+        )?;
     let body = match &args.collection {
         Some(c) => json!({ "collection": c }),
         None => json!({}),
