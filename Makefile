@@ -38,7 +38,9 @@ check-services:
 
 test: models check-services fmt lint
 	@[ -n "$$DOCRAG_TEST_QDRANT_URL" ] || echo "skipped: Qdrant server suites (tests/vectors.rs, search across replicas in tests/mongo.rs): set DOCRAG_TEST_QDRANT_URL=http://host:6334 to run them"
-	DOCRAG__EMBEDDER__MODEL_DIR="$(DOCRAG_MODELS_DIR)" $(CARGO) test --locked --all-targets -- --test-threads=2
+	DOCRAG__EMBEDDER__MODEL_DIR="$(DOCRAG_MODELS_DIR)" $(CARGO) test --locked --lib --bins --tests -- --test-threads=2
+	# Benches run once each as smoke tests; Criterion's command line takes no libtest flags.
+	DOCRAG__EMBEDDER__MODEL_DIR="$(DOCRAG_MODELS_DIR)" $(CARGO) test --locked --benches
 	$(MAKE) schemathesis fuzz-smoke ops-check runbook-check
 
 # The operations kit (issue 9): Prometheus config, alert rules and their unit tests, Grafana

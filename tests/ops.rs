@@ -494,14 +494,24 @@ async fn spans_of_a_query_are_exported_over_otlp() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let lines: Vec<serde_json::Value> = server
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|l| l["request_id"] == "ops-traced-1")
-        .collect();
+    // The access line is written when the response has gone out and reaches the test through the
+    // server's stderr pipe, so it may arrive after the response: wait for it.
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    for _ in 0..100 {
+        lines = server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["request_id"] == "ops-traced-1")
+            .collect();
+        let logged = |m: &str| lines.iter().any(|l| l["message"] == m);
+        if logged("request") && logged("embedded a query batch") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let ids = |message: &str| -> (String, String) {
         let l = lines
             .iter()

@@ -10,9 +10,14 @@ mod common;
 use common::{TestApp, eval_args, shared_dir};
 use doc_rag::cli::eval;
 
-/// Measured here: hybrid 0.494, dense 0.518, keyword 0.368 (deterministic for a given model and
-/// index). The floor leaves room for harmless ranking changes and catches real regressions.
-const HYBRID_FLOOR: f64 = 0.46;
+/// Measured here: hybrid 0.517 (convex fusion, 0.9 : 0.1; reciprocal rank fusion scored 0.494),
+/// dense 0.518, keyword 0.368 (deterministic for a given model and index). The floor leaves room
+/// for harmless ranking changes and catches real regressions.
+const HYBRID_FLOOR: f64 = 0.50;
+
+/// How far hybrid may trail its best single path: one query's worth of nDCG@10 over 40 judged
+/// queries. Fusion that really loses to dense (rank fusion lost 0.024) fails.
+const FUSION_SLACK: f64 = 0.005;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dbpedia_ndcg_at_10_through_bulk_ingestion_and_every_mode() {
@@ -60,8 +65,16 @@ async fn dbpedia_ndcg_at_10_through_bulk_ingestion_and_every_mode() {
         "hybrid nDCG@10 {hybrid:.4} fell below {HYBRID_FLOOR}"
     );
     assert!(
-        hybrid >= dense.min(keyword),
-        "hybrid {hybrid:.4} is worse than both dense {dense:.4} and keyword {keyword:.4}"
+        hybrid >= dense.max(keyword) - FUSION_SLACK,
+        "hybrid {hybrid:.4} loses to its best path: dense {dense:.4}, keyword {keyword:.4}"
+    );
+    let recall = |mode: &str| report.modes[mode].metrics["recall@100"];
+    assert!(
+        recall("hybrid") >= recall("dense").max(recall("keyword")),
+        "hybrid finds fewer relevant documents in its top 100 than a single path: {:.4} vs dense {:.4}, keyword {:.4}",
+        recall("hybrid"),
+        recall("dense"),
+        recall("keyword")
     );
     assert!(dense > keyword, "dense {dense:.4}, keyword {keyword:.4}");
 

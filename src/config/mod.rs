@@ -240,6 +240,7 @@ pub struct EmbedderSettings {
     pub dimension: usize,
     pub max_length: usize,
     pub batch_size: usize,
+    pub batch_tokens: usize,
     pub threads: usize,
     pub memory_arena: bool,
     pub max_texts: usize,
@@ -488,6 +489,9 @@ impl Settings {
         }
         if self.embedder.batch_size == 0 {
             return invalid("embedder.batch_size must be at least 1");
+        }
+        if self.embedder.batch_tokens < self.embedder.max_length {
+            return invalid("embedder.batch_tokens must be at least embedder.max_length");
         }
         if self.query.default_top_k == 0 || self.query.default_top_k > self.query.max_top_k {
             return invalid("query.default_top_k must be in 1..=query.max_top_k");

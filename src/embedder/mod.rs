@@ -150,6 +150,8 @@ impl FastEmbedder {
         let worker = Worker {
             engine,
             batch_size: settings.batch_size,
+            batch_tokens: settings.batch_tokens,
+            max_length: settings.max_length,
             query_burst: settings.query_burst.max(1),
             query_rx,
             ingest_rx,
@@ -269,6 +271,9 @@ impl Embedder for FastEmbedder {
 struct Worker {
     engine: TextEmbedding,
     batch_size: usize,
+    /// Padded tokens (texts × the longest) one ingestion batch may hold; see [`take_batch`].
+    batch_tokens: usize,
+    max_length: usize,
     query_burst: usize,
     query_rx: mpsc::Receiver<Request>,
     ingest_rx: mpsc::Receiver<Request>,
@@ -383,7 +388,13 @@ impl Worker {
             })
             .collect();
         waiting.sort_unstable();
-        waiting.truncate(self.batch_size);
+        let n = take_batch(
+            waiting.iter().map(|w| w.0),
+            self.batch_size,
+            self.batch_tokens,
+            self.max_length,
+        );
+        waiting.truncate(n);
         let texts: Vec<&str> = waiting
             .iter()
             .map(|&(_, r, i)| pending[r].request.texts[i].as_str())
@@ -442,7 +453,25 @@ impl Worker {
             .flat_map(|r| r.texts.iter().map(String::as_str))
             .collect();
         let started = Instant::now();
-        let result = self.engine.embed(&texts, Some(self.batch_size.max(1)));
+        // Queued queries share model calls, capped like ingestion batches so a burst of long
+        // queries cannot raise resident memory past what an ingestion batch takes.
+        let mut result: Result<Vec<Vec<f32>>, _> = Ok(Vec::with_capacity(texts.len()));
+        let mut rest = &texts[..];
+        while !rest.is_empty()
+            && let Ok(done) = result.as_mut()
+        {
+            let n = take_batch_in_order(
+                rest.iter().map(|t| t.len()),
+                self.batch_size,
+                self.batch_tokens,
+                self.max_length,
+            );
+            match self.engine.embed(&rest[..n], Some(n)) {
+                Ok(vectors) => done.extend(vectors),
+                Err(e) => result = Err(e),
+            }
+            rest = &rest[n..];
+        }
         metrics::histogram!("embedder_batch_seconds", "priority" => "query")
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!("embedder_batch_size").record(texts.len() as f64);
@@ -476,6 +505,53 @@ impl Worker {
     }
 }
 
+/// Roughly the word pieces of a text of `bytes` bytes (English runs about four bytes a piece),
+/// never more than the model reads.
+fn estimated_tokens(bytes: usize, max_length: usize) -> usize {
+    (bytes / 4 + 2).min(max_length.max(1))
+}
+
+/// How many of the waiting texts (byte lengths, shortest first) the next ingestion batch takes:
+/// at most `batch_size`, and, past the first, only while texts × the longest one's estimated
+/// tokens stays within `batch_tokens`. Activation memory grows with batch × length (and with
+/// length² in attention), and ONNX Runtime keeps the largest batch's buffers, so a cap in tokens
+/// bounds resident memory where a cap in texts does not.
+fn take_batch(
+    lengths: impl Iterator<Item = usize>,
+    batch_size: usize,
+    batch_tokens: usize,
+    max_length: usize,
+) -> usize {
+    let mut n = 0;
+    for bytes in lengths.take(batch_size.max(1)) {
+        let padded = (n + 1) * estimated_tokens(bytes, max_length);
+        if n > 0 && padded > batch_tokens {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// Like [`take_batch`] for texts in arrival order: the padded size is the count times the longest
+/// text so far.
+fn take_batch_in_order(
+    lengths: impl Iterator<Item = usize>,
+    batch_size: usize,
+    batch_tokens: usize,
+    max_length: usize,
+) -> usize {
+    let (mut n, mut longest) = (0, 0);
+    for bytes in lengths.take(batch_size.max(1)) {
+        let tokens = longest.max(estimated_tokens(bytes, max_length));
+        if n > 0 && (n + 1) * tokens > batch_tokens {
+            break;
+        }
+        (n, longest) = (n + 1, tokens);
+    }
+    n
+}
+
 /// Builds the shared embedder (model load runs on the blocking pool).
 pub async fn load(settings: &EmbedderSettings) -> Result<Arc<dyn Embedder>, EmbedError> {
     let settings = settings.clone();
@@ -483,4 +559,40 @@ pub async fn load(settings: &EmbedderSettings) -> Result<Arc<dyn Embedder>, Embe
         .await
         .map_err(|e| EmbedError::Model(e.to_string()))??;
     Ok(Arc::new(embedder))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_capped_by_texts_and_by_padded_tokens() {
+        // Short texts: the text cap applies.
+        assert_eq!(take_batch([40; 100].into_iter(), 32, 4096, 256), 32);
+        // Full-length texts (256 tokens each): 4096 tokens hold 16 of them.
+        assert_eq!(take_batch([2000; 100].into_iter(), 32, 4096, 256), 16);
+        // Shortest first: the batch stops where the next, longer text would pad it past the cap.
+        let lengths = [400, 400, 400, 4000, 4000];
+        let tokens = 3 * estimated_tokens(400, 256);
+        assert_eq!(take_batch(lengths.into_iter(), 32, tokens, 256), 3);
+        // One text always goes, however long, or it would never be embedded.
+        assert_eq!(take_batch([100_000].into_iter(), 32, 1, 256), 1);
+        assert_eq!(take_batch(std::iter::empty(), 32, 4096, 256), 0);
+    }
+
+    #[test]
+    fn queries_in_arrival_order_are_capped_by_their_longest_so_far() {
+        // A long query after short ones pads them all: the batch ends before it.
+        let est = estimated_tokens(40, 256);
+        assert_eq!(
+            take_batch_in_order([40, 40, 2000, 40].into_iter(), 32, 3 * est, 256),
+            2
+        );
+        // A long query first keeps the batch small even if short ones follow.
+        assert_eq!(
+            take_batch_in_order([2000, 40, 40].into_iter(), 32, 256, 256),
+            1
+        );
+        assert_eq!(take_batch_in_order([40; 10].into_iter(), 4, 4096, 256), 4);
+    }
 }
