@@ -460,7 +460,7 @@ impl Worker {
         while !rest.is_empty()
             && let Ok(done) = result.as_mut()
         {
-            let n = take_batch_in_order(
+            let n = take_batch(
                 rest.iter().map(|t| t.len()),
                 self.batch_size,
                 self.batch_tokens,
@@ -511,31 +511,13 @@ fn estimated_tokens(bytes: usize, max_length: usize) -> usize {
     (bytes / 4 + 2).min(max_length.max(1))
 }
 
-/// How many of the waiting texts (byte lengths, shortest first) the next ingestion batch takes:
-/// at most `batch_size`, and, past the first, only while texts × the longest one's estimated
-/// tokens stays within `batch_tokens`. Activation memory grows with batch × length (and with
-/// length² in attention), and ONNX Runtime keeps the largest batch's buffers, so a cap in tokens
-/// bounds resident memory where a cap in texts does not.
+/// How many of the texts (byte lengths, in the order they will be embedded) the next model call
+/// takes: at most `batch_size`, and, past the first, only while texts × the longest one so far
+/// (in estimated tokens: each batch is padded to its longest text) stays within `batch_tokens`.
+/// Activation memory grows with batch × length (and with length² in attention), and ONNX
+/// Runtime keeps the largest batch's buffers, so a cap in tokens bounds resident memory where a
+/// cap in texts does not. Ingestion passes its texts shortest first; queries come as they arrived.
 fn take_batch(
-    lengths: impl Iterator<Item = usize>,
-    batch_size: usize,
-    batch_tokens: usize,
-    max_length: usize,
-) -> usize {
-    let mut n = 0;
-    for bytes in lengths.take(batch_size.max(1)) {
-        let padded = (n + 1) * estimated_tokens(bytes, max_length);
-        if n > 0 && padded > batch_tokens {
-            break;
-        }
-        n += 1;
-    }
-    n
-}
-
-/// Like [`take_batch`] for texts in arrival order: the padded size is the count times the longest
-/// text so far.
-fn take_batch_in_order(
     lengths: impl Iterator<Item = usize>,
     batch_size: usize,
     batch_tokens: usize,
@@ -585,14 +567,11 @@ mod tests {
         // A long query after short ones pads them all: the batch ends before it.
         let est = estimated_tokens(40, 256);
         assert_eq!(
-            take_batch_in_order([40, 40, 2000, 40].into_iter(), 32, 3 * est, 256),
+            take_batch([40, 40, 2000, 40].into_iter(), 32, 3 * est, 256),
             2
         );
         // A long query first keeps the batch small even if short ones follow.
-        assert_eq!(
-            take_batch_in_order([2000, 40, 40].into_iter(), 32, 256, 256),
-            1
-        );
-        assert_eq!(take_batch_in_order([40; 10].into_iter(), 4, 4096, 256), 4);
+        assert_eq!(take_batch([2000, 40, 40].into_iter(), 32, 256, 256), 1);
+        assert_eq!(take_batch([40; 10].into_iter(), 4, 4096, 256), 4);
     }
 }
