@@ -173,6 +173,10 @@ fn main() {
                         filter: None,
                         scope: None,
                         fresh: true,
+                        generator: Default::default(),
+                        // Recorded like an API caller's answer, so the figure includes the write.
+                        owner: "user:bench".into(),
+                        conversation_id: None,
                     })
                     .await
                     .expect("answer");

@@ -59,7 +59,10 @@ METRICS = {
     "ingest_stage_seconds",
     # query and response
     "query_search_seconds", "query_cache_total", "response_answer_seconds",
-    "query_answer_confidence", "query_requests_total",
+    "query_answer_confidence", "query_requests_total", "response_answers_total",
+    "response_streams_cancelled_total",
+    # the language model (issue 11)
+    "llm_requests_total", "llm_generation_seconds", "llm_first_token_seconds",
     # vectors
     "vector_points", "vector_index_disk_bytes",
     # process and build
@@ -78,6 +81,7 @@ HISTOGRAMS = {
     "http_request_duration_seconds", "embedder_batch_seconds", "ingest_job_seconds",
     "query_search_seconds", "response_answer_seconds", "ingest_stage_seconds",
     "embedder_batch_size", "embedder_queue_wait_seconds", "query_answer_confidence",
+    "llm_generation_seconds", "llm_first_token_seconds",
 }
 EXPORTER_PREFIXES = ("node_", "pg_")
 DASHBOARD_UIDS = {"main", "system", "security", "business"}

@@ -44,10 +44,7 @@ DEFAULT_FILES = ["docs/runbook.md", "docs/troubleshooting.md"]
 
 # Metrics and commands that are designed but not built yet. The docs may name them only in a
 # paragraph that says "planned" (and should say which issue brings them).
-PLANNED = {
-    # issue 11: user feedback on answers
-    "feedback_total": "issue 11",
-}
+PLANNED: dict[str, str] = {}
 PLANNED_COMMANDS: dict[str, str] = {}
 
 DOCRAG_PORTS = {"8080", "8082", "8083", "8084", "8085", "8087"}

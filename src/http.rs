@@ -28,6 +28,7 @@ use crate::ingest::IngestError;
 use crate::limits::LimitError;
 use crate::query::QueryError;
 use crate::response::ResponseError as AnswerError;
+use crate::response::history::HistoryError;
 use crate::security::guard::{GuardCtx, guard};
 use crate::security::tokens::AuthFailure;
 use crate::security::{SecurityError, SecurityService};
@@ -264,6 +265,17 @@ impl From<AnswerError> for ApiError {
     fn from(e: AnswerError) -> Self {
         match e {
             AnswerError::Query(q) => q.into(),
+            AnswerError::History(h) => h.into(),
+        }
+    }
+}
+
+impl From<HistoryError> for ApiError {
+    fn from(e: HistoryError) -> Self {
+        match e {
+            HistoryError::NotFound(what) => ApiError::not_found(what),
+            HistoryError::Invalid(m) => ApiError::bad_request(m),
+            HistoryError::Storage(s) => s.into(),
         }
     }
 }

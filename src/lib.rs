@@ -34,6 +34,7 @@ use crate::embedder::{Bm25Encoder, Embedder};
 use crate::http::Readiness;
 use crate::ingest::{IngestService, Ingestor};
 use crate::query::{QueryError, QueryService, SearchParams, Searcher, validate_params};
+use crate::response::history::History;
 use crate::response::{Responder, ResponseService};
 use crate::security::SecurityService;
 use crate::storage::Storage;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub ingest: Arc<dyn Ingestor>,
     pub search: Arc<dyn Searcher>,
     pub response: Arc<dyn Responder>,
+    /// Conversations, answer records and feedback (the response module's).
+    pub history: Arc<History>,
     pub security: Arc<SecurityService>,
 }
 
@@ -136,6 +139,7 @@ pub async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
     };
     Ok(Storage {
         metadata: sql.clone(),
+        answers: sql.clone(),
         security: sql,
         documents,
         vectors,
@@ -210,12 +214,20 @@ impl Application {
             settings.query.clone(),
             settings.limits.clone(),
         ));
+        let history = Arc::new(History::new(
+            storage.answers.clone(),
+            settings.response.history_turns,
+        ));
+        history.spawn_pruning(Duration::from_secs(
+            settings.response.answers_retention_days * 86_400,
+        ));
         let response = Arc::new(ResponseService::new(
             search.clone(),
             bm25.clone(),
             settings.response.clone(),
             settings.query.clone(),
-        ));
+            history.clone(),
+        )?);
         let state = Arc::new(AppState {
             settings: settings.clone(),
             storage: storage.clone(),
@@ -224,6 +236,7 @@ impl Application {
             ingest: ingest.clone(),
             search,
             response,
+            history,
             security: security.clone(),
         });
 

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ADMIN_EMAIL, ADMIN_PASSWORD, Backend, TestApp, authed_client, login};
+use common::{ADMIN_EMAIL, ADMIN_PASSWORD, Backend, TestApp, authed_client, login, send};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -17,21 +17,6 @@ struct Session {
     client: reqwest::Client,
     access: String,
     refresh: String,
-}
-
-async fn send(
-    client: &reqwest::Client,
-    method: Method,
-    url: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut r = client.request(method, url);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let r = r.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
 }
 
 async fn login_session(app: &TestApp, email: &str, password: &str) -> Session {

@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use common::TestDatabase;
 use doc_rag::config::Settings;
+use doc_rag::storage::answers::{
+    AnswerRecord, AnswerStore, ConversationRecord, FeedbackQuery, FeedbackRecord,
+};
 use doc_rag::storage::security::{
     AuditQuery, AuditRecord, GrantRecord, RefreshRecord, RefreshUse, SecurityStore,
     SigningKeyRecord, UserRecord, UserUpdate,
@@ -916,4 +919,210 @@ async fn batches_claim_and_finish_together_on_both_backends() {
     batch_suite(sqlite(dir.path()).await).await;
     let db = TestDatabase::create();
     batch_suite(postgres(&db).await).await;
+}
+
+fn answer(
+    id: &str,
+    owner: &str,
+    collection: Option<&str>,
+    conversation: Option<&str>,
+    at: i64,
+) -> AnswerRecord {
+    AnswerRecord {
+        id: id.into(),
+        owner: owner.into(),
+        collection: collection.map(str::to_string),
+        conversation_id: conversation.map(str::to_string),
+        question: format!("question {id}"),
+        rewritten: None,
+        answer: format!("answer {id}"),
+        generator: "extractive".into(),
+        confidence: 0.5,
+        created_at: at,
+    }
+}
+
+fn rating(
+    query_id: &str,
+    owner: &str,
+    rating: &str,
+    collection: Option<&str>,
+    at: i64,
+) -> FeedbackRecord {
+    FeedbackRecord {
+        query_id: query_id.into(),
+        owner: owner.into(),
+        rating: rating.into(),
+        comment: None,
+        collection: collection.map(str::to_string),
+        created_at: at,
+    }
+}
+
+async fn answers_suite(store: Arc<SqlStore>) {
+    let s: &dyn AnswerStore = store.as_ref();
+    s.record_answer(answer("a1", "user:alice", Some("ops"), None, 1_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_answer("a1").await.unwrap().unwrap().question,
+        "question a1"
+    );
+    assert!(s.get_answer("nope").await.unwrap().is_none());
+
+    // Conversations: turns in order, the conversation touched by each, listing per owner.
+    for (id, owner, at) in [
+        ("c1", "user:alice", 10),
+        ("c2", "user:alice", 20),
+        ("c3", "user:bob", 30),
+    ] {
+        s.create_conversation(ConversationRecord {
+            id: id.into(),
+            owner: owner.into(),
+            title: id.into(),
+            collection: None,
+            created_at: at,
+            updated_at: at,
+        })
+        .await
+        .unwrap();
+    }
+    s.add_turn(answer("t1", "user:alice", None, Some("c1"), 100))
+        .await
+        .unwrap();
+    s.add_turn(answer("t2", "user:alice", None, Some("c1"), 200))
+        .await
+        .unwrap();
+    s.add_turn(answer("t3", "user:alice", None, Some("c1"), 300))
+        .await
+        .unwrap();
+    let ids = |v: Vec<AnswerRecord>| v.into_iter().map(|a| a.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.turns("c1", 10).await.unwrap()), ["t1", "t2", "t3"]);
+    assert_eq!(
+        ids(s.turns("c1", 2).await.unwrap()),
+        ["t2", "t3"],
+        "the latest, oldest first"
+    );
+    let listed: Vec<String> = s
+        .list_conversations("user:alice", 10, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(listed, ["c1", "c2"], "c1 had the latest turn");
+    assert_eq!(
+        s.list_conversations("user:alice", 1, 1).await.unwrap()[0].id,
+        "c2"
+    );
+
+    // A turn for a conversation deleted meanwhile is refused, not orphaned.
+    assert!(s.delete_conversation("c1").await.unwrap());
+    assert!(!s.delete_conversation("c1").await.unwrap());
+    assert!(s.turns("c1", 10).await.unwrap().is_empty());
+    assert!(s.get_answer("t1").await.unwrap().is_none());
+    assert!(matches!(
+        s.add_turn(answer("t4", "user:alice", None, Some("c1"), 400))
+            .await,
+        Err(doc_rag::storage::StorageError::Conflict(_))
+    ));
+
+    // Feedback: one per answer and owner, the latest wins; counts per collection.
+    s.record_answer(answer("a2", "user:alice", None, None, 2_000))
+        .await
+        .unwrap();
+    s.put_feedback(rating("a1", "user:alice", "up", Some("ops"), 5_000))
+        .await
+        .unwrap();
+    s.put_feedback(rating("a1", "user:alice", "down", Some("ops"), 6_000))
+        .await
+        .unwrap();
+    s.put_feedback(rating("a1", "user:bob", "up", Some("ops"), 7_000))
+        .await
+        .unwrap();
+    s.put_feedback(rating("a2", "user:alice", "up", None, 8_000))
+        .await
+        .unwrap();
+    let counts = s.feedback_counts(None).await.unwrap();
+    let find = |c: Option<&str>| {
+        counts
+            .iter()
+            .find(|x| x.collection.as_deref() == c)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!((find(Some("ops")).up, find(Some("ops")).down), (1, 1));
+    assert_eq!((find(None).up, find(None).down), (1, 0));
+    let recent = s.feedback_counts(Some(6_500)).await.unwrap();
+    assert_eq!(recent.iter().map(|c| c.up + c.down).sum::<i64>(), 2);
+
+    let listed = s
+        .list_feedback(FeedbackQuery {
+            collection: Some(Some("ops".into())),
+            rating: Some("down".into()),
+            since: None,
+            limit: 10,
+            offset: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].feedback.owner, "user:alice");
+    assert_eq!(listed[0].question.as_deref(), Some("question a1"));
+    let across = s
+        .list_feedback(FeedbackQuery {
+            collection: Some(None),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(across.len(), 1);
+    assert_eq!(across[0].feedback.query_id, "a2");
+    let all = s
+        .list_feedback(FeedbackQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|e| e.feedback.created_at)
+            .collect::<Vec<_>>(),
+        [8_000, 7_000, 6_000]
+    );
+
+    // Pruning removes old answers outside conversations; ratings keep their counts.
+    s.add_turn(answer("t5", "user:alice", None, Some("c2"), 500))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.prune_answers(1_500).await.unwrap(),
+        1,
+        "a1 only: t5 is a turn, a2 is newer"
+    );
+    assert!(s.get_answer("a1").await.unwrap().is_none());
+    assert!(s.get_answer("t5").await.unwrap().is_some());
+    let listed = s
+        .list_feedback(FeedbackQuery {
+            collection: Some(Some("ops".into())),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(
+        listed.iter().all(|e| e.question.is_none()),
+        "the answer is gone, its ratings stay"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn answers_conversations_and_feedback_on_both_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    answers_suite(sqlite(dir.path()).await).await;
+    let db = TestDatabase::create();
+    answers_suite(postgres(&db).await).await;
 }

@@ -6,6 +6,7 @@
 //! not exist (404, empty lists); writing where one may only read is 403 and audited.
 
 pub mod bulk;
+pub mod conversations;
 pub mod model;
 
 use std::sync::Arc;
@@ -33,7 +34,8 @@ use crate::ingest::DEFAULT_COLLECTION;
 use crate::ingest::Upload;
 use crate::limits::{check_bytes, check_count};
 use crate::query::SearchParams;
-use crate::response::AnswerParams;
+use crate::response::history::owner_of;
+use crate::response::{AnswerEvent, AnswerParams};
 use crate::security::Caller;
 use crate::security::audit::{AuditCtx, Event, Outcome};
 use crate::storage::{CollectionInfo, Document, Job, JobStatus};
@@ -56,6 +58,12 @@ use crate::telemetry::RequestId;
         list_collections,
         search,
         query,
+        conversations::create_conversation,
+        conversations::list_conversations,
+        conversations::get_conversation,
+        conversations::delete_conversation,
+        conversations::create_feedback,
+        conversations::feedback_report,
         index,
         openapi,
         crate::http::health,
@@ -89,6 +97,18 @@ use crate::telemetry::RequestId;
         SearchHit,
         QueryRequest,
         QueryResponse,
+        GeneratorChoice,
+        Generator,
+        AnswerTimings,
+        conversations::CreateConversation,
+        conversations::FeedbackRequest,
+        conversations::FeedbackReport,
+        crate::response::history::ConversationView,
+        crate::response::history::ConversationDetail,
+        crate::response::history::TurnView,
+        crate::response::history::Rating,
+        crate::response::history::CollectionSatisfaction,
+        crate::response::history::FeedbackView,
         Citation,
         ErrorBody,
         Document,
@@ -589,8 +609,16 @@ pub async fn search(
         .json(run_search(&state, body.into_inner(), caller.read_scope(), fresh).await?))
 }
 
+/// Answers a question from the indexed documents, with citations. With `"stream": true` (or
+/// `Accept: text/event-stream`) the answer arrives as Server-Sent Events: `sources` (the numbered
+/// sources), then `delta` events (`{"text"}`) as it is written, then `done` (the whole answer, as
+/// the JSON response would be). Closing the connection cancels the generation.
 #[utoipa::path(post, path = "/v1/query", request_body = QueryRequest,
-    responses((status = 200, body = QueryResponse), (status = 400, body = ErrorBody)))]
+    responses(
+        (status = 200, description = "the answer", content(
+            (QueryResponse = "application/json"),
+            (String = "text/event-stream"))),
+        (status = 400, body = ErrorBody)))]
 pub async fn query(
     caller: Caller,
     state: web::Data<AppState>,
@@ -598,18 +626,56 @@ pub async fn query(
     body: web::Json<QueryRequest>,
 ) -> ApiResult<HttpResponse> {
     let q = body.into_inner();
-    let answer = state
-        .response
-        .answer(AnswerParams {
-            query: q.query,
-            top_k: q.top_k,
-            collection: q.collection,
-            filter: q.filter,
-            scope: caller.read_scope(),
-            fresh: no_cache(&req),
-        })
-        .await?;
-    Ok(HttpResponse::Ok().json(answer))
+    let stream = q.stream || accepts_event_stream(&req);
+    let params = AnswerParams {
+        query: q.query,
+        top_k: q.top_k,
+        collection: q.collection,
+        filter: q.filter,
+        scope: caller.read_scope(),
+        fresh: no_cache(&req),
+        generator: q.generator,
+        owner: owner_of(&caller),
+        conversation_id: q.conversation_id,
+    };
+    if !stream {
+        return Ok(HttpResponse::Ok().json(state.response.answer(params).await?));
+    }
+    let events = state.response.answer_stream(params).await?;
+    let body = futures::stream::unfold(events, |mut events| async move {
+        let event = events.recv().await?;
+        Some((Ok::<_, actix_web::Error>(sse_frame(&event)), events))
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        // Tells nginx not to buffer the stream.
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body))
+}
+
+/// Whether the client asked for Server-Sent Events.
+fn accepts_event_stream(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(actix_web::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"))
+}
+
+/// One Server-Sent Event. Data is one line of JSON, so a newline in the text cannot end it early.
+fn sse_frame(event: &AnswerEvent) -> web::Bytes {
+    let (name, data) = match event {
+        AnswerEvent::Sources { query_id, sources } => (
+            "sources",
+            json!({ "query_id": query_id, "sources": sources }),
+        ),
+        AnswerEvent::Delta(text) => ("delta", json!({ "text": text })),
+        AnswerEvent::Done(answer) => (
+            "done",
+            serde_json::to_value(answer).unwrap_or_else(|_| json!({})),
+        ),
+    };
+    web::Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
 }
 
 /// This document.
@@ -677,6 +743,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/collections", web::get().to(list_collections))
         .route("/v1/search", web::post().to(search))
         .route("/v1/query", web::post().to(query))
+        .configure(conversations::routes)
         .configure(crate::security::http::routes);
 }
 

@@ -152,6 +152,49 @@ pub struct QueryRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub filter: Option<Map<String, Value>>,
+    /// Stream the answer as Server-Sent Events (`sources`, `delta`…, `done`); the same as sending
+    /// `Accept: text/event-stream`.
+    #[serde(default)]
+    pub stream: bool,
+    /// `auto` (default): the language model when one is configured, else extractive;
+    /// `extractive`: never call the language model.
+    #[serde(default)]
+    pub generator: GeneratorChoice,
+    /// A follow-up in this conversation (`POST /v1/conversations`): earlier turns rewrite the
+    /// question before retrieval and are given to the language model.
+    #[serde(default)]
+    pub conversation_id: Option<Uuid>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GeneratorChoice {
+    #[default]
+    Auto,
+    Extractive,
+}
+
+/// What wrote an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Generator {
+    /// Sentences extracted from the sources (no language model configured, or not asked for).
+    Extractive,
+    /// The configured language model.
+    Llm,
+    /// The language model failed, timed out or its circuit is open: `fallback_reason` says which,
+    /// and the answer is the extractive one.
+    ExtractiveFallback,
+}
+
+/// Where an answer's time went, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct AnswerTimings {
+    pub retrieval_ms: u64,
+    pub generation_ms: u64,
+    /// Until the language model's first token (generated answers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_token_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -167,12 +210,32 @@ pub struct Citation {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct QueryResponse {
+    /// Names this answer, e.g. in `POST /v1/feedback`.
+    pub query_id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<Uuid>,
+    /// The standalone question retrieval used, when a follow-up was rewritten.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewritten_query: Option<String>,
+    /// The answer; each sentence ends with the `[n]` of the sources it rests on.
     pub answer: String,
+    /// The sources the answer cites (extractive answers: every source retrieved), by `n`.
     pub citations: Vec<Citation>,
-    /// How well the sources support the answer, in [0, 1].
+    /// How well the sources support the answer, in [0, 1] (see docs/api_documentation.md).
     pub confidence: f32,
+    pub generator: Generator,
+    /// Why the language model's answer was not used (`generator: extractive_fallback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
+    /// The model that wrote the answer (generated answers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Sentences of a generated answer that cite no source: treat them with suspicion.
+    pub unsupported_sentences: Vec<String>,
+    /// Whether the retrieval came from the cache.
     pub cached: bool,
     pub took_ms: u64,
+    pub timings: AnswerTimings,
 }
 
 /// Every error the API returns: a stable machine-readable `code` and a human `message`.

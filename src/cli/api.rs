@@ -205,14 +205,17 @@ impl Api {
         }
     }
 
-    /// Sends with the bearer token (when configured) and reads the whole response, whatever its
-    /// status; only transport failures are errors.
-    pub(crate) async fn send(&self, request: RequestBuilder) -> Result<Answer, ClientError> {
+    /// Sends with the bearer token (when configured); only transport failures are errors.
+    async fn dispatch(&self, request: RequestBuilder) -> Result<reqwest::Response, ClientError> {
         let request = match &self.token {
             Some(token) => request.bearer_auth(token),
             None => request,
         };
-        let response = request.send().await.map_err(|e| self.transport_error(e))?;
+        request.send().await.map_err(|e| self.transport_error(e))
+    }
+
+    /// Reads the whole of a response, whatever its status.
+    async fn read(&self, response: reqwest::Response) -> Result<Answer, ClientError> {
         let status = response.status();
         let url = response.url().to_string();
         let headers = response.headers().clone();
@@ -227,6 +230,31 @@ impl Api {
             headers,
             body,
         })
+    }
+
+    /// Sends and hands back the response unread when it is a success, for a body read as it
+    /// arrives (a stream); any other status is its error.
+    pub(crate) async fn open(
+        &self,
+        request: RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        let response = self.dispatch(request).await?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(self.read(response).await?.error())
+    }
+
+    /// A transport failure while reading a body that arrives over time.
+    pub(crate) fn read_error(&self, e: reqwest::Error) -> ClientError {
+        self.transport_error(e)
+    }
+
+    /// Sends with the bearer token (when configured) and reads the whole response, whatever its
+    /// status; only transport failures are errors.
+    pub(crate) async fn send(&self, request: RequestBuilder) -> Result<Answer, ClientError> {
+        let response = self.dispatch(request).await?;
+        self.read(response).await
     }
 
     /// Sends with the bearer token (when configured) and decodes a success body as `T`.

@@ -77,9 +77,44 @@ pub struct AskArgs {
     /// Only use documents from this collection
     #[arg(long)]
     pub collection: Option<String>,
-    /// Print the raw JSON response
+    /// Print the raw JSON response (not streamed)
     #[arg(long)]
     pub json: bool,
+    /// Wait for the whole answer instead of printing it as it is written
+    #[arg(long)]
+    pub no_stream: bool,
+    /// Answer with sentences extracted from the sources, never with the language model
+    #[arg(long)]
+    pub extractive: bool,
+    /// Ask in a conversation: its id for a follow-up, or `new` to start one (its id is printed)
+    #[arg(long, value_name = "ID|new")]
+    pub conversation: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct FeedbackArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// The answer's query id (`doc-rag ask` prints it)
+    pub query_id: Uuid,
+    /// Thumbs up or down
+    #[arg(value_parser = ["up", "down"])]
+    pub rating: String,
+    /// What was good or wrong about the answer
+    #[arg(long)]
+    pub comment: Option<String>,
+}
+
+/// `doc-rag feedback`: rate an answer.
+pub async fn feedback(args: FeedbackArgs) -> anyhow::Result<()> {
+    let api = Api::new(&args.server).await?;
+    let body = serde_json::json!({
+        "query_id": args.query_id,
+        "rating": args.rating,
+        "comment": args.comment,
+    });
+    let _: serde_json::Value = api.json(api.post("/v1/feedback").json(&body)).await?;
+    emit(&format!("rated {} {}\n", args.query_id, args.rating))
 }
 
 #[derive(clap::Args, Debug)]
@@ -174,26 +209,6 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         bail!("{failed} of {} file(s) did not ingest", rows.len());
     }
     Ok(())
-}
-
-/// `doc-rag ask`: answer a question with citations.
-pub async fn ask(args: AskArgs) -> anyhow::Result<()> {
-    let api = Api::new(&args.server).await?;
-    let body = QueryRequest {
-        query: args.question,
-        top_k: args.top_k,
-        collection: args.collection,
-        filter: None,
-    };
-    let request = api.post("/v1/query").json(&body);
-    if args.json {
-        // Decoded as a plain value so `--json` shows exactly what the server sent, including any
-        // fields newer than this client.
-        let value: serde_json::Value = api.json(request).await?;
-        return emit(&format!("{}\n", serde_json::to_string_pretty(&value)?));
-    }
-    let response: QueryResponse = api.json(request).await?;
-    emit(&format_answer(&response))
 }
 
 /// `doc-rag search`: ranked chunks without generating an answer.
@@ -307,10 +322,28 @@ fn batch_of(item: &ItemOutcome) -> Option<Uuid> {
 // ---------------------------------------------------------------------------------------------
 
 /// `ask` output: the answer, its sources with snippets, and a one-line footer.
-fn format_answer(response: &QueryResponse) -> String {
+pub(crate) fn format_answer(response: &QueryResponse) -> String {
     let mut out = String::new();
     out.push_str(response.answer.trim_end());
     out.push_str("\n\n");
+    out.push_str(&format_answer_notes(response));
+    out
+}
+
+/// What `ask` prints after the answer's text: a note on a fallback or on unsupported sentences,
+/// the sources with snippets, and a one-line footer.
+pub(crate) fn format_answer_notes(response: &QueryResponse) -> String {
+    let mut out = String::new();
+    if let Some(reason) = &response.fallback_reason {
+        out.push_str(&format!("(extractive answer: {reason})\n\n"));
+    }
+    if !response.unsupported_sentences.is_empty() {
+        out.push_str("Not supported by any source:\n");
+        for sentence in &response.unsupported_sentences {
+            out.push_str(&format!("  - {sentence}\n"));
+        }
+        out.push('\n');
+    }
     if response.citations.is_empty() {
         out.push_str("Sources: none\n");
     } else {
@@ -327,6 +360,12 @@ fn format_answer(response: &QueryResponse) -> String {
         }
     }
     let mut footer = vec![format!("confidence {:.2}", response.confidence)];
+    if let Some(id) = response.conversation_id {
+        footer.push(format!("conversation {id}"));
+    }
+    if let Some(model) = &response.model {
+        footer.push(model.clone());
+    }
     if response.cached {
         footer.push("cached".to_string());
     }
@@ -334,6 +373,12 @@ fn format_answer(response: &QueryResponse) -> String {
     out.push('\n');
     out.push_str(&footer.join(" · "));
     out.push('\n');
+    if !response.query_id.is_nil() {
+        out.push_str(&format!(
+            "rate it: doc-rag feedback {} up|down\n",
+            response.query_id
+        ));
+    }
     out
 }
 
@@ -390,6 +435,58 @@ mod tests {
         }
     }
 
+    fn answer_fixture() -> QueryResponse {
+        QueryResponse {
+            query_id: Uuid::nil(),
+            conversation_id: None,
+            rewritten_query: None,
+            answer: String::new(),
+            citations: Vec::new(),
+            confidence: 0.0,
+            generator: Generator::Extractive,
+            fallback_reason: None,
+            model: None,
+            unsupported_sentences: Vec::new(),
+            cached: false,
+            took_ms: 0,
+            timings: AnswerTimings::default(),
+        }
+    }
+
+    #[test]
+    fn generated_answers_note_fallbacks_unsupported_sentences_and_the_model() {
+        let response = QueryResponse {
+            answer: "Cranes fly [1]. They sing.".into(),
+            citations: vec![citation(1, "Cranes", "Cranes fly south.", 0.9)],
+            confidence: 0.4,
+            generator: Generator::Llm,
+            model: Some("gemma".into()),
+            unsupported_sentences: vec!["They sing.".into()],
+            took_ms: 800,
+            ..answer_fixture()
+        };
+        assert_eq!(
+            format_answer(&response),
+            "Cranes fly [1]. They sing.\n\n\
+             Not supported by any source:\n  - They sing.\n\n\
+             Sources:\n[1] Cranes (score 0.900)\n    Cranes fly south.\n\n\
+             confidence 0.40 · gemma · 800 ms\n"
+        );
+        let fallback = QueryResponse {
+            answer: "Cranes fly south [1].".into(),
+            generator: Generator::ExtractiveFallback,
+            fallback_reason: Some("no first token within 15 s".into()),
+            ..answer_fixture()
+        };
+        assert!(
+            format_answer(&fallback).starts_with(
+                "Cranes fly south [1].\n\n(extractive answer: no first token within 15 s)\n\n"
+            ),
+            "{}",
+            format_answer(&fallback)
+        );
+    }
+
     #[test]
     fn formats_answer_with_sources_and_footer() {
         let response = QueryResponse {
@@ -406,6 +503,7 @@ mod tests {
             confidence: 0.874,
             cached: true,
             took_ms: 12,
+            ..answer_fixture()
         };
         assert_eq!(
             format_answer(&response),
@@ -424,6 +522,7 @@ mod tests {
             confidence: 0.0,
             cached: false,
             took_ms: 340,
+            ..answer_fixture()
         };
         assert_eq!(
             format_answer(&uncached),

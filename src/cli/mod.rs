@@ -6,6 +6,7 @@
 
 pub mod admin;
 mod api;
+mod ask;
 pub mod backup;
 pub mod bulk;
 pub mod client;
@@ -41,8 +42,10 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Upload files or folders and wait until they are indexed
     Ingest(client::IngestArgs),
-    /// Ask a question; prints the answer and its numbered sources
+    /// Ask a question; streams the answer, then prints its numbered sources
     Ask(client::AskArgs),
+    /// Rate an answer up or down (by the query id `ask` prints)
+    Feedback(client::FeedbackArgs),
     /// Search; prints ranked chunks with scores
     Search(client::SearchArgs),
     /// Measure retrieval quality (nDCG, recall, MRR) and latency on a BEIR-layout dataset
@@ -231,7 +234,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ingest(args) => client::ingest(args).await,
-        Command::Ask(args) => client::ask(args).await,
+        Command::Ask(args) => ask::ask(args).await,
+        Command::Feedback(args) => client::feedback(args).await,
         Command::Search(args) => client::search(args).await,
         Command::Eval(args) => eval::eval(args).await,
         Command::Login(args) => admin::login(args).await,

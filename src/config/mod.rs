@@ -228,6 +228,33 @@ pub struct ResponseSettings {
     pub default_top_k: usize,
     pub max_top_k: usize,
     pub max_sentences: usize,
+    pub history_turns: usize,
+    pub answers_retention_days: u64,
+    pub llm: LlmSettings,
+}
+
+/// A language model behind an OpenAI-compatible chat-completions API (`[response.llm]`); with no
+/// `base_url` every answer is extractive.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LlmSettings {
+    pub base_url: String,
+    pub model: String,
+    /// The environment variable holding the API key; the key itself is never in the config.
+    pub api_key_env: String,
+    pub timeout_secs: u64,
+    pub first_token_timeout_secs: u64,
+    pub max_tokens: u32,
+    pub temperature: f32,
+    pub source_tokens: usize,
+    pub max_concurrent: usize,
+    pub failure_threshold: u32,
+    pub cooldown_secs: u64,
+}
+
+impl LlmSettings {
+    pub fn enabled(&self) -> bool {
+        !self.base_url.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -499,6 +526,37 @@ impl Settings {
         if self.response.default_top_k == 0 || self.response.default_top_k > self.response.max_top_k
         {
             return invalid("response.default_top_k must be in 1..=response.max_top_k");
+        }
+        let llm = &self.response.llm;
+        if llm.enabled() {
+            if !(llm.base_url.starts_with("http://") || llm.base_url.starts_with("https://")) {
+                return invalid(
+                    "response.llm.base_url must be empty (extractive answers) or http(s)://…/v1",
+                );
+            }
+            if llm.model.is_empty() {
+                return invalid("response.llm.model must be set when response.llm.base_url is");
+            }
+        }
+        if llm.timeout_secs == 0
+            || llm.first_token_timeout_secs == 0
+            || llm.max_tokens == 0
+            || llm.max_concurrent == 0
+            || llm.source_tokens < 16
+        {
+            return invalid(
+                "response.llm.timeout_secs, first_token_timeout_secs, max_tokens and \
+                 max_concurrent must be at least 1, and source_tokens at least 16",
+            );
+        }
+        // A follow-up may make two calls (the rewrite, then the answer) within one request.
+        if 2 * llm.timeout_secs >= self.limits.handler_timeout_secs {
+            return invalid(
+                "response.llm.timeout_secs must be under half of limits.handler_timeout_secs",
+            );
+        }
+        if !(0.0..=2.0).contains(&llm.temperature) {
+            return invalid("response.llm.temperature must be in 0..=2");
         }
         if self.limits.handler_timeout_secs <= self.api.wait_timeout_secs {
             return invalid(

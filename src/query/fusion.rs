@@ -87,6 +87,15 @@ fn rrf_score(rank: usize, k: usize, weight: f32) -> f32 {
     1.0 / ((rank + 1) as f32 / weight + k as f32 - 1.0)
 }
 
+/// The fused score of a hit ranked first by both retrievers: the most any hit can score, which
+/// makes a fused score comparable across methods and weights (`score / best_score`).
+pub fn best_score(method: FusionMethod, weights: [f32; 2], rrf_k: usize) -> f32 {
+    match method {
+        FusionMethod::Rrf => rrf_score(0, rrf_k, weights[0]) + rrf_score(0, rrf_k, weights[1]),
+        FusionMethod::Convex | FusionMethod::Dbsf => weights[0].max(0.0) + weights[1].max(0.0),
+    }
+}
+
 /// Fuses two rankings into at most `limit` hits, best first; equal scores by chunk id, in each
 /// ranking and in the result, so results are deterministic.
 pub fn fuse(

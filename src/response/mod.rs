@@ -1,37 +1,72 @@
-//! The response generator: builds an extractive answer from retrieved chunks.
+//! The response generator (port 8085): turns a question into a cited answer.
 //!
-//! No language model writes text here: the answer is the sentences from the top chunks that best
-//! cover the question's terms (stemmed like the keyword retriever, rarer terms weighing more),
-//! each marked `[n]` with the number of the source it came from, so every claim is traceable.
-//! `confidence` combines how much of the question the answer covers with how strongly the
-//! retrievers agreed on the top source.
+//! It retrieves through the query module, then writes the answer one of two ways:
+//! - **extractive** ([`extractive`]), always available offline: the sentences of the top chunks that
+//!   best cover the question, each marked `[n]` with its source;
+//! - **generated** ([`llm`], [`grounding`]), when `response.llm.base_url` names an OpenAI-compatible
+//!   provider: the model gets the numbered sources, and its `[n]` markers are read back into
+//!   citations; sentences that cite nothing are reported. If the provider fails, times out, is busy
+//!   or its circuit is open, the answer is the extractive one and says why.
+//!
+//! Answers can be streamed ([`Responder::answer_stream`]): the sources first, then the text as it
+//! is written, then the finished answer. A client that goes away cancels the generation.
+//!
+//! `confidence` = coverage × (0.5 + 0.3 × agreement + 0.15 × margin), in [0, 0.95]:
+//! - coverage: for extractive answers, the share of the question's terms (weighted by rarity) that
+//!   the answer contains; for generated ones, the share of its sentences that cite a source;
+//! - agreement: the top source's fused score over the best any source can score (ranked first by
+//!   both retrievers);
+//! - margin: how far the top source leads the second, relative to its score.
+//!
+//! It reaches its ceiling of 0.95 only when every part of the answer is supported, both retrievers
+//! put the same source first and nothing else comes close (retrieval is never certain); an answer
+//! with no support scores 0.
 
+pub mod conversation;
+pub mod extractive;
+pub mod grounding;
+pub mod history;
 pub mod http;
+pub mod llm;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tokio::sync::mpsc;
 use tracing::Instrument;
-use unicode_segmentation::UnicodeSegmentation;
+use uuid::Uuid;
 
-use crate::api::model::{Citation, QueryResponse, SearchHit};
+use self::grounding::Turn;
+use self::history::{History, HistoryError};
+use self::llm::LlmClient;
+use crate::api::model::{
+    AnswerTimings, Citation, Generator, GeneratorChoice, QueryResponse, SearchHit,
+};
 use crate::config::{QuerySettings, ResponseSettings};
 use crate::embedder::Bm25Encoder;
+use crate::query::fusion::best_score;
 use crate::query::{QueryError, Searcher, validate_params};
+use crate::storage::answers::AnswerRecord;
 use crate::storage::vector::SearchMode;
 
 pub const NO_ANSWER: &str = "I could not find anything about this in the indexed documents.";
-const SNIPPET_CHARS: usize = 280;
+
+/// Events a streamed answer is buffered for before the producer waits on the client.
+const STREAM_BUFFER: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResponseError {
     #[error(transparent)]
     Query(#[from] QueryError),
+    #[error(transparent)]
+    History(#[from] HistoryError),
 }
+
+/// The longest standalone question a rewrite may produce.
+const REWRITE_MAX_BYTES: usize = 1000;
 
 /// A question to answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,20 +81,52 @@ pub struct AnswerParams {
     /// Retrieve afresh instead of from the cache (`Cache-Control: no-cache`).
     #[serde(default)]
     pub fresh: bool,
+    #[serde(default)]
+    pub generator: GeneratorChoice,
+    /// Who asks: answers are recorded under this owner (see [`history::owner_of`]); empty: not
+    /// recorded.
+    #[serde(default)]
+    pub owner: String,
+    /// A follow-up in this conversation of the owner's.
+    #[serde(default)]
+    pub conversation_id: Option<Uuid>,
+}
+
+/// One event of a streamed answer, in this order: `Sources`, any number of `Delta`, `Done`.
+#[derive(Debug, Clone)]
+pub enum AnswerEvent {
+    Sources {
+        query_id: Uuid,
+        sources: Vec<Citation>,
+    },
+    Delta(String),
+    Done(Box<QueryResponse>),
 }
 
 #[async_trait]
 pub trait Responder: Send + Sync + 'static {
     async fn answer(&self, params: AnswerParams) -> Result<QueryResponse, ResponseError>;
+    /// Retrieves, then streams the answer. Bad input and retrieval failures are errors before any
+    /// event; dropping the receiver cancels the generation.
+    async fn answer_stream(
+        &self,
+        params: AnswerParams,
+    ) -> Result<mpsc::Receiver<AnswerEvent>, ResponseError>;
     /// The extractive answer over given passages (no retrieval): answer, citations, confidence.
     fn compose(&self, query: &str, hits: &[SearchHit]) -> (String, Vec<Citation>, f32);
 }
 
 pub struct ResponseService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     searcher: Arc<dyn Searcher>,
     bm25: Arc<Bm25Encoder>,
     settings: ResponseSettings,
     query_settings: QuerySettings,
+    llm: Option<LlmClient>,
+    history: Arc<History>,
 }
 
 impl ResponseService {
@@ -68,31 +135,108 @@ impl ResponseService {
         bm25: Arc<Bm25Encoder>,
         settings: ResponseSettings,
         query_settings: QuerySettings,
+        history: Arc<History>,
+    ) -> anyhow::Result<Self> {
+        let llm = LlmClient::from_settings(&settings.llm)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                searcher,
+                bm25,
+                settings,
+                query_settings,
+                llm,
+                history,
+            }),
+        })
+    }
+}
+
+/// What retrieval found for a question.
+struct Retrieved {
+    /// The question as asked.
+    question: String,
+    /// The question retrieval used: the rewritten follow-up, else the question.
+    query: String,
+    rewritten: Option<String>,
+    history: Vec<Turn>,
+    owner: String,
+    conversation_id: Option<Uuid>,
+    collection: Option<String>,
+    hits: Vec<SearchHit>,
+    cached: bool,
+    retrieval_ms: u64,
+    started: Instant,
+}
+
+/// A written answer, before it is stamped with ids and timings.
+struct Written {
+    answer: String,
+    citations: Vec<Citation>,
+    coverage: f32,
+    generator: Generator,
+    fallback_reason: Option<String>,
+    model: Option<String>,
+    unsupported_sentences: Vec<String>,
+    first_token_ms: Option<u64>,
+}
+
+impl Written {
+    fn extractive(
+        answer: String,
+        citations: Vec<Citation>,
+        coverage: f32,
+        fallback_reason: Option<String>,
     ) -> Self {
         Self {
-            searcher,
-            bm25,
-            settings,
-            query_settings,
+            answer,
+            citations,
+            coverage,
+            generator: if fallback_reason.is_some() {
+                Generator::ExtractiveFallback
+            } else {
+                Generator::Extractive
+            },
+            fallback_reason,
+            model: None,
+            unsupported_sentences: Vec::new(),
+            first_token_ms: None,
         }
     }
 }
 
-#[async_trait]
-impl Responder for ResponseService {
-    async fn answer(&self, p: AnswerParams) -> Result<QueryResponse, ResponseError> {
+impl Inner {
+    async fn retrieve(&self, p: AnswerParams) -> Result<Retrieved, ResponseError> {
         let started = Instant::now();
         let mut settings = self.query_settings.clone();
         settings.max_top_k = self.settings.max_top_k;
+        let mut collection = p.collection;
+        let mut history = Vec::new();
+        if let Some(id) = p.conversation_id {
+            let (conversation, turns) = self.history.context(&p.owner, id).await?;
+            collection = collection.or(conversation.collection);
+            history = turns;
+        }
+        let question = p.query;
+        // The question as asked is what the caller controls: it is checked before anything costly.
         let mut params = validate_params(
             &settings,
-            p.query,
+            question.clone(),
             p.top_k,
             self.settings.default_top_k,
             Some(SearchMode::Hybrid),
-            p.collection,
+            collection.clone(),
             p.filter,
         )?;
+        let rewritten = if history.is_empty() {
+            None
+        } else {
+            self.rewrite(&history, &params.query, p.generator)
+                .instrument(tracing::info_span!("rewrite"))
+                .await
+        };
+        if let Some(r) = &rewritten {
+            params.query = r.clone();
+        }
         params.scope = p.scope;
         params.fresh = p.fresh;
         let query = params.query.clone();
@@ -101,304 +245,363 @@ impl Responder for ResponseService {
             .search(params)
             .instrument(tracing::info_span!("query"))
             .await?;
+        Ok(Retrieved {
+            question,
+            query,
+            rewritten,
+            history,
+            owner: p.owner,
+            conversation_id: p.conversation_id,
+            collection,
+            hits: outcome.hits,
+            cached: outcome.cached,
+            retrieval_ms: started.elapsed().as_millis() as u64,
+            started,
+        })
+    }
+
+    /// The standalone form of a follow-up: by the language model when there is one (and it is
+    /// asked for), else by rule; `None` when the question stands alone.
+    async fn rewrite(
+        &self,
+        history: &[Turn],
+        question: &str,
+        choice: GeneratorChoice,
+    ) -> Option<String> {
+        if let (Some(llm), GeneratorChoice::Auto) = (&self.llm, choice) {
+            let messages = conversation::rewrite_messages(history, question);
+            if let Ok(generation) = llm.generate(&messages, None).await
+                && let Some(rewritten) =
+                    conversation::clean_rewrite(&generation.text, REWRITE_MAX_BYTES)
+            {
+                return (rewritten != question.trim()).then_some(rewritten);
+            }
+        }
+        conversation::rewrite_by_rule(history, question)
+    }
+
+    /// Records the answer under its owner, so feedback can name it and a conversation can go on.
+    async fn record(&self, r: &Retrieved, answer: &QueryResponse) {
+        if r.owner.is_empty() {
+            return;
+        }
+        let record = AnswerRecord {
+            id: answer.query_id.to_string(),
+            owner: r.owner.clone(),
+            collection: r.collection.clone(),
+            conversation_id: r.conversation_id.map(|id| id.to_string()),
+            question: r.question.clone(),
+            rewritten: r.rewritten.clone(),
+            answer: answer.answer.clone(),
+            generator: generator_label(answer.generator).to_string(),
+            confidence: f64::from(answer.confidence),
+            created_at: chrono::Utc::now().timestamp_millis(),
+        };
+        if let Err(e) = self.history.record(record).await {
+            // The answer stands; only feedback on it (or the next turn's context) will miss it.
+            metrics::counter!("response_answers_unrecorded_total").increment(1);
+            tracing::warn!(module = "response", error = %e, "could not record the answer");
+        }
+    }
+
+    /// The extractive answer, off the async executor (sentence splitting and scoring is CPU work).
+    async fn extractive(&self, query: &str, hits: &[SearchHit]) -> (String, Vec<Citation>, f32) {
         let bm25 = Arc::clone(&self.bm25);
         let max_sentences = self.settings.max_sentences;
-        let rrf_k = self.query_settings.rrf_k;
-        let hits = outcome.hits;
-        // Sentence splitting and scoring is CPU work; keep it off the executor.
-        let answering = Instant::now();
+        let (query, hits) = (query.to_string(), hits.to_vec());
         let span = tracing::info_span!("answer");
-        let (answer, citations, confidence) = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let _enter = span.enter();
-            compose_answer(&bm25, &query, &hits, max_sentences, rrf_k)
+            extractive::compose_answer(&bm25, &query, &hits, max_sentences)
         })
         .await
-        .unwrap_or_else(|_| (NO_ANSWER.to_string(), Vec::new(), 0.0));
-        crate::telemetry::stage_done("answer", answering);
-        metrics::histogram!("response_answer_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("query_answer_confidence").record(f64::from(confidence));
-        Ok(QueryResponse {
+        .unwrap_or_else(|_| (NO_ANSWER.to_string(), Vec::new(), 0.0))
+    }
+
+    /// Writes the answer: generated when a model is configured and asked for, else (or when the
+    /// model fails) extractive. Text goes to `deltas` as it is written; `None` back means the
+    /// client went away.
+    async fn write(
+        &self,
+        r: &Retrieved,
+        choice: GeneratorChoice,
+        deltas: Option<&mpsc::Sender<AnswerEvent>>,
+    ) -> Option<Written> {
+        let mut fallback_reason = None;
+        if let (Some(llm), GeneratorChoice::Auto, false) = (&self.llm, choice, r.hits.is_empty()) {
+            let messages = grounding::build_messages(
+                &r.question,
+                &r.hits,
+                self.settings.llm.source_tokens,
+                &r.history,
+            );
+            let generated = async {
+                match deltas {
+                    Some(events) => generate_forwarding(llm, &messages, events).await,
+                    None => llm.generate(&messages, None).await,
+                }
+            }
+            .instrument(tracing::info_span!("generate", model = llm.model()))
+            .await;
+            match generated {
+                Ok(generation) => {
+                    let grounded = grounding::ground(&generation.text, r.hits.len());
+                    let citations = grounded
+                        .cited
+                        .iter()
+                        .map(|n| citation(*n, &r.hits[n - 1], &r.hits[n - 1].text))
+                        .collect();
+                    return Some(Written {
+                        answer: grounded.answer,
+                        citations,
+                        coverage: grounded.coverage,
+                        generator: Generator::Llm,
+                        fallback_reason: None,
+                        model: Some(llm.model().to_string()),
+                        unsupported_sentences: grounded.unsupported_sentences,
+                        first_token_ms: Some(generation.first_token_ms),
+                    });
+                }
+                Err(llm::LlmError::Cancelled) => return None,
+                Err(e) => fallback_reason = Some(e.to_string()),
+            }
+        }
+        let (answer, citations, coverage) = self.extractive(&r.query, &r.hits).await;
+        if let Some(events) = deltas
+            && events
+                .send(AnswerEvent::Delta(answer.clone()))
+                .await
+                .is_err()
+        {
+            return None;
+        }
+        Some(Written::extractive(
             answer,
             citations,
+            coverage,
+            fallback_reason,
+        ))
+    }
+
+    fn finish(&self, query_id: Uuid, r: &Retrieved, w: Written, writing: Instant) -> QueryResponse {
+        let best = best_score(
+            self.query_settings.fusion,
+            [
+                self.query_settings.dense_weight,
+                self.query_settings.keyword_weight,
+            ],
+            self.query_settings.rrf_k,
+        );
+        let confidence = confidence(&r.hits, w.coverage, best);
+        crate::telemetry::stage_done("answer", writing);
+        metrics::histogram!("response_answer_seconds").record(r.started.elapsed().as_secs_f64());
+        metrics::histogram!("query_answer_confidence").record(f64::from(confidence));
+        metrics::counter!("response_answers_total", "generator" => generator_label(w.generator))
+            .increment(1);
+        QueryResponse {
+            query_id,
+            conversation_id: r.conversation_id,
+            rewritten_query: r.rewritten.clone(),
+            answer: w.answer,
+            citations: w.citations,
             confidence,
-            cached: outcome.cached,
-            took_ms: started.elapsed().as_millis() as u64,
-        })
+            generator: w.generator,
+            fallback_reason: w.fallback_reason,
+            model: w.model,
+            unsupported_sentences: w.unsupported_sentences,
+            cached: r.cached,
+            took_ms: r.started.elapsed().as_millis() as u64,
+            timings: AnswerTimings {
+                retrieval_ms: r.retrieval_ms,
+                generation_ms: writing.elapsed().as_millis() as u64,
+                first_token_ms: w.first_token_ms,
+            },
+        }
+    }
+}
+
+fn generator_label(g: Generator) -> &'static str {
+    match g {
+        Generator::Extractive => "extractive",
+        Generator::Llm => "llm",
+        Generator::ExtractiveFallback => "extractive_fallback",
+    }
+}
+
+/// Runs a generation whose text goes to `events` as deltas. The model client takes a plain text
+/// channel; this forwards it, and when `events` closes (the client hung up) it drops the text
+/// channel, which makes the client cancel the upstream request.
+async fn generate_forwarding(
+    llm: &LlmClient,
+    messages: &[llm::ChatMessage],
+    events: &mpsc::Sender<AnswerEvent>,
+) -> Result<llm::Generation, llm::LlmError> {
+    let (text_tx, mut text_rx) = mpsc::channel::<String>(STREAM_BUFFER);
+    let forward = async move {
+        loop {
+            tokio::select! {
+                piece = text_rx.recv() => match piece {
+                    Some(piece) => {
+                        if events.send(AnswerEvent::Delta(piece)).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+                _ = events.closed() => break,
+            }
+        }
+    };
+    let generate = async move { llm.generate(messages, Some(&text_tx)).await };
+    let (generated, ()) = tokio::join!(generate, forward);
+    generated
+}
+
+/// A citation of source `n` (1-based) with a snippet of `text`.
+fn citation(n: usize, hit: &SearchHit, text: &str) -> Citation {
+    Citation {
+        n,
+        document_id: hit.document_id,
+        chunk_id: hit.chunk_id,
+        title: hit.title.clone(),
+        snippet: extractive::snippet(text),
+        score: hit.score,
+    }
+}
+
+/// See the module documentation; `best` is the fused score of a source both retrievers ranked
+/// first.
+pub fn confidence(hits: &[SearchHit], coverage: f32, best: f32) -> f32 {
+    let Some(top) = hits.first() else {
+        return 0.0;
+    };
+    let agreement = if best > 0.0 {
+        (top.score / best).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let margin = match hits.get(1) {
+        Some(second) if top.score > 0.0 => ((top.score - second.score) / top.score).clamp(0.0, 1.0),
+        Some(_) => 0.0,
+        None => 1.0,
+    };
+    let c = coverage.clamp(0.0, 1.0) * (0.5 + 0.3 * agreement + 0.15 * margin);
+    (c * 1000.0).round() / 1000.0
+}
+
+#[async_trait]
+impl Responder for ResponseService {
+    async fn answer(&self, p: AnswerParams) -> Result<QueryResponse, ResponseError> {
+        let choice = p.generator;
+        let retrieved = self.inner.retrieve(p).await?;
+        let writing = Instant::now();
+        let query_id = Uuid::new_v4();
+        let written = match self.inner.write(&retrieved, choice, None).await {
+            Some(w) => w,
+            // Without a delta channel nothing cancels a generation; should one say it was
+            // cancelled all the same, the extractive answer stands in.
+            None => {
+                let (answer, citations, coverage) = self
+                    .inner
+                    .extractive(&retrieved.query, &retrieved.hits)
+                    .await;
+                Written::extractive(answer, citations, coverage, None)
+            }
+        };
+        let answer = self.inner.finish(query_id, &retrieved, written, writing);
+        self.inner.record(&retrieved, &answer).await;
+        Ok(answer)
+    }
+
+    async fn answer_stream(
+        &self,
+        p: AnswerParams,
+    ) -> Result<mpsc::Receiver<AnswerEvent>, ResponseError> {
+        let choice = p.generator;
+        let retrieved = self.inner.retrieve(p).await?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let inner = Arc::clone(&self.inner);
+        let span = tracing::Span::current();
+        tokio::spawn(
+            async move {
+                let query_id = Uuid::new_v4();
+                let sources = retrieved
+                    .hits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, h)| citation(i + 1, h, &h.text))
+                    .collect();
+                if tx
+                    .send(AnswerEvent::Sources { query_id, sources })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let writing = Instant::now();
+                let Some(written) = inner.write(&retrieved, choice, Some(&tx)).await else {
+                    tracing::info!(
+                        module = "response",
+                        "client went away; generation cancelled"
+                    );
+                    metrics::counter!("response_streams_cancelled_total").increment(1);
+                    return;
+                };
+                let done = inner.finish(query_id, &retrieved, written, writing);
+                // Recorded before `done`, so a follow-up sent on `done` finds this turn.
+                inner.record(&retrieved, &done).await;
+                let _ = tx.send(AnswerEvent::Done(Box::new(done))).await;
+            }
+            .instrument(span),
+        );
+        Ok(rx)
     }
 
     fn compose(&self, query: &str, hits: &[SearchHit]) -> (String, Vec<Citation>, f32) {
-        compose_answer(
-            &self.bm25,
+        let (answer, citations, coverage) = extractive::compose_answer(
+            &self.inner.bm25,
             query,
             hits,
-            self.settings.max_sentences,
-            self.query_settings.rrf_k,
-        )
-    }
-}
-
-/// A candidate answer sentence.
-struct Sentence {
-    source: usize,
-    position: usize,
-    text: String,
-    terms: HashSet<u32>,
-}
-
-/// Splits chunk text into answer candidates. Lines are split first: Markdown list items and command
-/// lines carry no sentence punctuation but are answers in their own right. Headings are context,
-/// not answers, and are skipped. In a code block, a comment line and the commands under it form
-/// one candidate ("Check memory usage: redis-cli info memory"), since the comment says what the
-/// command is for.
-fn sentences(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut in_code = false;
-    let mut unit: Option<(String, Vec<String>)> = None;
-    let flush = |unit: &mut Option<(String, Vec<String>)>, out: &mut Vec<String>| {
-        if let Some((comment, commands)) = unit.take() {
-            match (comment.is_empty(), commands.is_empty()) {
-                (_, true) => {}
-                (true, false) => out.extend(commands),
-                (false, false) => out.push(format!("{comment}: {}", commands.join("; "))),
-            }
-        }
-    };
-    for line in text.lines() {
-        let trimmed = line.trim();
-        if trimmed.starts_with("```") {
-            flush(&mut unit, &mut out);
-            in_code = !in_code;
-            continue;
-        }
-        if in_code {
-            if let Some(comment) = trimmed.strip_prefix('#') {
-                flush(&mut unit, &mut out);
-                unit = Some((comment.trim().to_string(), Vec::new()));
-            } else if trimmed.is_empty() {
-                flush(&mut unit, &mut out);
-            } else {
-                unit.get_or_insert_with(|| (String::new(), Vec::new()))
-                    .1
-                    .push(trimmed.to_string());
-            }
-            continue;
-        }
-        if trimmed.starts_with('#') {
-            continue;
-        }
-        let cleaned = trimmed.trim_start_matches(['-', '*', '>', ' ']).trim();
-        let cleaned = cleaned
-            .strip_prefix("[ ]")
-            .or_else(|| cleaned.strip_prefix("[x]"))
-            .unwrap_or(cleaned)
-            .trim();
-        if cleaned.chars().filter(|c| c.is_alphanumeric()).count() < 3 {
-            continue;
-        }
-        out.extend(
-            cleaned
-                .unicode_sentences()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty()),
+            self.inner.settings.max_sentences,
         );
+        // Passages given by a caller carry scores of unknown scale: only their order counts.
+        let best = hits.iter().map(|h| h.score).fold(0.0, f32::max);
+        (answer, citations, confidence(hits, coverage, best))
     }
-    flush(&mut unit, &mut out);
-    out.retain(|s| s.chars().filter(|c| c.is_alphanumeric()).count() >= 3);
-    out
-}
-
-fn snippet(text: &str) -> String {
-    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() <= SNIPPET_CHARS {
-        return flat;
-    }
-    let cut: String = flat.chars().take(SNIPPET_CHARS).collect();
-    match cut.rfind(' ') {
-        Some(i) if i > SNIPPET_CHARS / 2 => format!("{}…", &cut[..i]),
-        _ => format!("{cut}…"),
-    }
-}
-
-/// The extractive answer, its citations (one per hit, numbered from 1) and a confidence in [0, 1].
-pub fn compose_answer(
-    bm25: &Bm25Encoder,
-    query: &str,
-    hits: &[SearchHit],
-    max_sentences: usize,
-    rrf_k: usize,
-) -> (String, Vec<Citation>, f32) {
-    if hits.is_empty() {
-        return (NO_ANSWER.to_string(), Vec::new(), 0.0);
-    }
-    let query_terms: HashSet<u32> = bm25.query(query).indices.into_iter().collect();
-    let mut candidates = Vec::new();
-    for (source, hit) in hits.iter().enumerate() {
-        for (position, text) in sentences(&hit.text).into_iter().enumerate() {
-            let terms = bm25.query(&text).indices.into_iter().collect();
-            candidates.push(Sentence {
-                source,
-                position,
-                text,
-                terms,
-            });
-        }
-    }
-    // Rarer terms among the candidates say more about which sentence answers the question.
-    let mut df: HashMap<u32, usize> = HashMap::new();
-    for s in &candidates {
-        for t in s.terms.intersection(&query_terms) {
-            *df.entry(*t).or_default() += 1;
-        }
-    }
-    let n = candidates.len().max(1) as f32;
-    let idf = |t: &u32| (1.0 + n / (1.0 + *df.get(t).unwrap_or(&0) as f32)).ln();
-    let total_weight: f32 = query_terms.iter().map(idf).sum::<f32>().max(f32::EPSILON);
-    let mut scored: Vec<(f32, &Sentence)> = candidates
-        .iter()
-        .map(|s| {
-            let overlap: f32 = s.terms.intersection(&query_terms).map(idf).sum();
-            // Earlier sources ranked higher; a slight preference for a chunk's opening sentences.
-            let prior = 0.15 / (1.0 + s.source as f32) + 0.02 / (1.0 + s.position as f32);
-            let length_penalty = if s.text.len() > 400 { 0.8 } else { 1.0 };
-            ((overlap / total_weight) * length_penalty + prior, s)
-        })
-        .collect();
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-
-    let mut chosen: Vec<&Sentence> = Vec::new();
-    let mut per_source: HashMap<usize, usize> = HashMap::new();
-    let mut covered: HashSet<u32> = HashSet::new();
-    for (score, s) in &scored {
-        if chosen.len() >= max_sentences.max(1) {
-            break;
-        }
-        let relevant = !s.terms.is_disjoint(&query_terms);
-        if !relevant && !chosen.is_empty() {
-            continue;
-        }
-        if *score <= 0.0 || per_source.get(&s.source).copied().unwrap_or(0) >= 2 {
-            continue;
-        }
-        if chosen.iter().any(|c| c.text == s.text) {
-            continue;
-        }
-        *per_source.entry(s.source).or_default() += 1;
-        covered.extend(s.terms.intersection(&query_terms).copied());
-        chosen.push(s);
-    }
-    if chosen.is_empty()
-        && let Some(first) = candidates.first()
-    {
-        chosen.push(first);
-    }
-    // Read in source order, and within a source in text order.
-    chosen.sort_by_key(|s| (s.source, s.position));
-    let answer = if chosen.is_empty() {
-        snippet(&hits[0].text) + " [1]"
-    } else {
-        chosen
-            .iter()
-            .map(|s| format!("{} [{}]", s.text, s.source + 1))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-
-    let citations = hits
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let best = chosen
-                .iter()
-                .find(|s| s.source == i)
-                .map(|s| s.text.as_str());
-            Citation {
-                n: i + 1,
-                document_id: h.document_id,
-                chunk_id: h.chunk_id,
-                title: h.title.clone(),
-                snippet: snippet(best.unwrap_or(&h.text)),
-                score: h.score,
-            }
-        })
-        .collect();
-
-    let coverage = if query_terms.is_empty() {
-        0.0
-    } else {
-        covered.iter().map(idf).sum::<f32>() / total_weight
-    };
-    // A chunk ranked first by both retrievers scores 2/(k+1) under reciprocal rank fusion.
-    let agreement = (hits[0].score * (rrf_k as f32 + 1.0) / 2.0).clamp(0.0, 1.0);
-    let confidence = (0.7 * coverage + 0.3 * agreement).clamp(0.0, 1.0);
-    (answer, citations, (confidence * 1000.0).round() / 1000.0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Settings;
-    use uuid::Uuid;
 
-    fn hit(text: &str, score: f32) -> SearchHit {
+    fn hit(score: f32) -> SearchHit {
         SearchHit {
-            document_id: Uuid::new_v4(),
-            chunk_id: Uuid::new_v4(),
+            document_id: Uuid::nil(),
+            chunk_id: Uuid::nil(),
             chunk_index: 0,
             score,
-            text: text.to_string(),
-            title: "Runbook".into(),
-            collection: "default".into(),
+            text: String::new(),
+            title: String::new(),
+            collection: String::new(),
             metadata: Map::new(),
         }
     }
 
     #[test]
-    fn picks_the_sentence_that_answers_and_cites_it() {
-        let s = Settings::defaults_with(&[]).unwrap();
-        let bm25 = Bm25Encoder::new(&s.query).unwrap();
-        let hits = vec![
-            hit(
-                "Deployments go through staging first. Monitor metrics during deployment.",
-                0.03,
-            ),
-            hit(
-                "# Check memory usage\n```bash\ndocker exec doc-rag-redis-prod redis-cli -a $REDIS_PASSWORD info memory\n```\nClear cache if needed.",
-                0.02,
-            ),
-        ];
-        let (answer, citations, confidence) =
-            compose_answer(&bm25, "How do I check Redis memory usage?", &hits, 3, 60);
-        assert!(answer.contains("info memory [2]"), "{answer}");
-        assert_eq!(citations.len(), 2);
-        assert_eq!(citations[1].n, 2);
-        assert!(citations[1].snippet.contains("memory"));
-        assert!(confidence > 0.3 && confidence <= 1.0, "{confidence}");
-    }
-
-    #[test]
-    fn no_hits_means_no_answer_and_zero_confidence() {
-        let s = Settings::defaults_with(&[]).unwrap();
-        let bm25 = Bm25Encoder::new(&s.query).unwrap();
-        let (answer, citations, confidence) = compose_answer(&bm25, "anything", &[], 3, 60);
-        assert_eq!(answer, NO_ANSWER);
-        assert!(citations.is_empty());
-        assert_eq!(confidence, 0.0);
-    }
-
-    #[test]
-    fn sentences_split_lines_and_skip_code_fences() {
-        let s = sentences(
-            "# Title here\n- first item is long\n```bash\n# Check memory\nredis-cli info memory\n\nls -l\n# dangling\n```\nOne. Two sentences here.",
+    fn confidence_grows_with_support_agreement_and_lead_and_never_reaches_one() {
+        // Fully supported, first for both retrievers, far ahead: the ceiling.
+        assert_eq!(confidence(&[hit(1.0), hit(0.0)], 1.0, 1.0), 0.95);
+        // Nothing supported: nothing, however good the retrieval.
+        assert_eq!(confidence(&[hit(1.0), hit(0.0)], 0.0, 1.0), 0.0);
+        assert_eq!(confidence(&[], 1.0, 1.0), 0.0);
+        // First for the dense retriever only (0.9 of 1), just ahead of the next source.
+        let close = confidence(&[hit(0.9), hit(0.85)], 1.0, 1.0);
+        assert!(
+            (close - (0.5 + 0.3 * 0.9 + 0.15 * (0.05 / 0.9))).abs() < 1e-3,
+            "{close}"
         );
-        assert_eq!(
-            s,
-            vec![
-                "first item is long",
-                "Check memory: redis-cli info memory",
-                "ls -l",
-                "One.",
-                "Two sentences here."
-            ]
-        );
+        assert!(close < confidence(&[hit(0.9), hit(0.3)], 1.0, 1.0));
+        // Half the answer supported halves it.
+        assert!((confidence(&[hit(0.9), hit(0.85)], 0.5, 1.0) - close / 2.0).abs() < 1e-3);
     }
 }

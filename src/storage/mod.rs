@@ -9,9 +9,11 @@
 //!   server when `vectors.qdrant_url` is set).
 //! - [`cache::Cache`]: query results, invalidated per collection when content changes.
 //! - [`security::SecurityStore`]: users, keys, grants, blocks and the audit log (the SQL store).
+//! - [`answers::AnswerStore`]: answers given, conversations and feedback (the SQL store).
 //!
 //! The storage module also serves its own port with `/v1/stats`.
 
+pub mod answers;
 pub mod breaker;
 pub mod cache;
 pub mod http;
@@ -605,6 +607,7 @@ pub trait DocumentStore: Send + Sync + 'static {
 pub struct Storage {
     pub metadata: Arc<dyn MetadataStore>,
     pub security: Arc<dyn security::SecurityStore>,
+    pub answers: Arc<dyn answers::AnswerStore>,
     pub documents: Arc<dyn DocumentStore>,
     pub vectors: Arc<dyn VectorIndex>,
     pub cache: Arc<dyn Cache>,

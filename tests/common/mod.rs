@@ -88,6 +88,22 @@ pub fn authed_client(token: &str) -> reqwest::Client {
 }
 
 /// Logs in at `api_base` (http://host:port) and returns the token pair as JSON.
+/// Sends `method url` with an optional JSON body; the status and the JSON answer (`null` if none).
+pub async fn send(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = client.request(method, url);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
 pub async fn login(api_base: &str, email: &str, password: &str) -> (u16, Value) {
     let r = reqwest::Client::new()
         .post(format!("{api_base}/v1/auth/login"))
@@ -230,6 +246,18 @@ impl TestApp {
             .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The API port's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("api", "/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     pub async fn get_json(&self, url: &str) -> (u16, Value) {

@@ -1531,4 +1531,5 @@ impl DocumentStore for SqlStore {
 }
 
 // After `with_conn!`, which it uses.
+mod answers;
 mod security;

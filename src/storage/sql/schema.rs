@@ -175,6 +175,43 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    conversations (id) {
+        id -> Text,
+        owner -> Text,
+        title -> Text,
+        collection -> Nullable<Text>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    answers (id) {
+        id -> Text,
+        owner -> Text,
+        collection -> Nullable<Text>,
+        conversation_id -> Nullable<Text>,
+        question -> Text,
+        rewritten -> Nullable<Text>,
+        answer -> Text,
+        generator -> Text,
+        confidence -> Double,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    feedback (query_id, owner) {
+        query_id -> Text,
+        owner -> Text,
+        rating -> Text,
+        comment -> Nullable<Text>,
+        collection -> Nullable<Text>,
+        created_at -> BigInt,
+    }
+}
+
 diesel::joinable!(documents -> collections (collection));
 diesel::joinable!(document_contents -> documents (document_id));
 diesel::joinable!(chunks -> documents (document_id));
@@ -194,5 +231,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     grants,
     ip_blocks,
     security_state,
-    audit_log
+    audit_log,
+    conversations,
+    answers,
+    feedback
 );

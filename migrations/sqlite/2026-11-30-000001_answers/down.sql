@@ -1,0 +1,3 @@
+DROP TABLE feedback;
+DROP TABLE answers;
+DROP TABLE conversations;
