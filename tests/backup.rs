@@ -217,6 +217,34 @@ async fn dbpedia_round_trip_through_sqlite_and_postgres() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
+    // The reader's conversation, with one turn, rated.
+    let (status, tokens) = common::login(&url, "reader@test.local", "reader-password-1").await;
+    assert_eq!(status, 200, "{tokens}");
+    let reader_client = common::authed_client(tokens["access_token"].as_str().unwrap());
+    let (status, conversation) = common::send(
+        &reader_client,
+        reqwest::Method::POST,
+        &app.api("/v1/conversations"),
+        Some(json!({"title": "TV hosts", "collection": "dbpedia"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{conversation}");
+    let (status, turn) = common::send(
+        &reader_client,
+        reqwest::Method::POST,
+        &app.api("/v1/query"),
+        Some(json!({"query": "Who is Hugh Downs?", "conversation_id": conversation["id"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{turn}");
+    let (status, _) = common::send(
+        &reader_client,
+        reqwest::Method::POST,
+        &app.api("/v1/feedback"),
+        Some(json!({"query_id": turn["query_id"], "rating": "up"})),
+    )
+    .await;
+    assert_eq!(status, 201);
     // The engine counts deleted points in BM25's document frequencies until its maintenance
     // vacuums them; a restored index never had them. Rank the original after that maintenance.
     app.state.storage.vectors.optimize().await.unwrap();
@@ -238,6 +266,16 @@ async fn dbpedia_round_trip_through_sqlite_and_postgres() {
     assert_eq!(manifest.backends.metadata, "sqlite");
     assert_eq!(manifest.embedding.dimension, 384);
     assert!(manifest.counts.users >= 2 && manifest.counts.api_keys >= 1);
+    assert_eq!(
+        (
+            manifest.counts.conversations,
+            manifest.counts.answers,
+            manifest.counts.feedback
+        ),
+        (1, 1, 1),
+        "{:?}",
+        manifest.counts
+    );
 
     let check = |what: &'static str, report: &RestoreReport| {
         assert!(
@@ -286,6 +324,23 @@ async fn dbpedia_round_trip_through_sqlite_and_postgres() {
             .await
             .unwrap();
         assert_eq!(r.status().as_u16(), 200, "the grant was restored");
+        // So did the reader's conversation, its turn and its rating.
+        let (_, listed) = common::send(
+            &reader,
+            reqwest::Method::GET,
+            &restored.api(&format!(
+                "/v1/conversations/{}",
+                conversation["id"].as_str().unwrap()
+            )),
+            None,
+        )
+        .await;
+        assert_eq!(listed["turns"][0]["query_id"], turn["query_id"], "{listed}");
+        let (_, report) = restored.get_json(&restored.api("/v1/admin/feedback")).await;
+        assert_eq!(
+            report["feedback"][0]["query_id"], turn["query_id"],
+            "{report}"
+        );
         // The harness's API key works on the restored service: keys are restored.
         assert_eq!(restored.stats().await["documents"], 4998);
     }

@@ -283,6 +283,42 @@ fn point_line(p: IndexPoint) -> PointLine {
     }
 }
 
+/// Conversations, answers and feedback up to the snapshot, in key order (conversations before
+/// their turns, answers before their ratings).
+async fn answer_lines(
+    storage: &Storage,
+    until: i64,
+    counts: &mut Counts,
+    lines: &mut Vec<SecurityLine>,
+) -> Result<(), BackupError> {
+    let store = &storage.answers;
+    let mut after = None;
+    loop {
+        let page = store.export_conversations(until, after, AUDIT_PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        counts.conversations += page.len() as u64;
+        lines.extend(page.into_iter().map(SecurityLine::Conversation));
+    }
+    let mut after = None;
+    loop {
+        let page = store.export_answers(until, after, AUDIT_PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        counts.answers += page.len() as u64;
+        lines.extend(page.into_iter().map(SecurityLine::Answer));
+    }
+    let mut after = None;
+    loop {
+        let page = store.export_feedback(until, after, AUDIT_PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.query_id.clone(), last.owner.clone()));
+        counts.feedback += page.len() as u64;
+        lines.extend(page.into_iter().map(SecurityLine::Feedback));
+    }
+    Ok(())
+}
+
 /// Users, API keys, grants, IP blocks, the audit log up to the snapshot, and run-time rate
 /// limits.
 async fn security_lines(
@@ -333,5 +369,6 @@ async fn security_lines(
     if let Some(json) = sec.state().await?.rate_limits {
         lines.push(SecurityLine::RateLimits { json });
     }
+    answer_lines(storage, snapshot_at.timestamp_millis(), counts, &mut lines).await?;
     Ok(lines)
 }

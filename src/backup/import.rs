@@ -48,6 +48,9 @@ pub struct RestoreReport {
     pub grants: u64,
     pub ip_blocks: u64,
     pub audit_events: u64,
+    pub conversations: u64,
+    pub answers: u64,
+    pub feedback: u64,
     /// Security records the target had already (same id or email), kept as they were.
     pub skipped: Vec<String>,
     /// `verify` of the restored stores.
@@ -119,6 +122,9 @@ pub async fn restore(
         grants: 0,
         ip_blocks: 0,
         audit_events: 0,
+        conversations: 0,
+        answers: 0,
+        feedback: 0,
         skipped: Vec::new(),
         verify: VerifyReport::default(),
     };
@@ -422,6 +428,30 @@ async fn restore_security(
                 report.audit_events += 1;
             }
             SecurityLine::RateLimits { json } => sec.set_rate_limits(json).await?,
+            SecurityLine::Conversation(c) => {
+                let id = c.id.clone();
+                match storage.answers.create_conversation(c).await {
+                    Ok(()) => report.conversations += 1,
+                    Err(StorageError::Conflict(_)) => {
+                        report.skipped.push(format!("conversation {id} (exists)"))
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            SecurityLine::Answer(a) => {
+                let id = a.id.clone();
+                match storage.answers.record_answer(a).await {
+                    Ok(()) => report.answers += 1,
+                    Err(StorageError::Conflict(_)) => {
+                        report.skipped.push(format!("answer {id} (exists)"))
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            SecurityLine::Feedback(f) => {
+                storage.answers.put_feedback(f).await?;
+                report.feedback += 1;
+            }
         }
     }
     Ok(())

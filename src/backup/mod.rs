@@ -46,6 +46,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::Settings;
+use crate::storage::answers::{AnswerRecord, ConversationRecord, FeedbackRecord};
 use crate::storage::security::{ApiKeyRecord, AuditRecord, GrantRecord, IpBlockRecord, UserRecord};
 use crate::storage::vector::ChunkPayload;
 use crate::storage::{Document, StorageError};
@@ -178,6 +179,12 @@ pub struct Counts {
     pub grants: u64,
     pub ip_blocks: u64,
     pub audit_events: u64,
+    #[serde(default)]
+    pub conversations: u64,
+    #[serde(default)]
+    pub answers: u64,
+    #[serde(default)]
+    pub feedback: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -244,7 +251,14 @@ enum SecurityLine {
     Grant(GrantRecord),
     IpBlock(IpBlockRecord),
     Audit(AuditRecord),
-    RateLimits { json: String },
+    RateLimits {
+        json: String,
+    },
+    /// Conversations, the answers given (turns and standalone) and their ratings: the users' own
+    /// records, kept with the users.
+    Conversation(ConversationRecord),
+    Answer(AnswerRecord),
+    Feedback(FeedbackRecord),
 }
 
 /// A user as backed up: the record, and its password hash, which the record never serializes.

@@ -115,7 +115,7 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
     let bytes: u64 = manifest.files.iter().map(|f| f.bytes).sum();
     println!(
         "backed up {} documents ({} indexed, {} to index again, {} failed), {} chunks, {} vectors, \
-         {} users, {} API keys, {} audit events",
+         {} users, {} API keys, {} audit events, {} conversations, {} answers, {} ratings",
         c.documents,
         c.indexed,
         c.pending,
@@ -124,7 +124,10 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
         c.vectors,
         c.users,
         c.api_keys,
-        c.audit_events
+        c.audit_events,
+        c.conversations,
+        c.answers,
+        c.feedback
     );
     if c.left_out > 0 {
         println!(
@@ -171,7 +174,8 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         let m = &report.manifest;
         println!(
             "restored {} documents, {} chunks, {} vectors, {} users, {} API keys, {} grants, {} IP \
-             blocks, {} audit events in {:.1} s (backup of {} from {} / {} / {})",
+             blocks, {} audit events, {} conversations, {} answers, {} ratings in {:.1} s (backup \
+             of {} from {} / {} / {})",
             report.documents,
             report.chunks,
             report.vectors,
@@ -180,6 +184,9 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             report.grants,
             report.ip_blocks,
             report.audit_events,
+            report.conversations,
+            report.answers,
+            report.feedback,
             started.elapsed().as_secs_f64(),
             m.snapshot_at.to_rfc3339(),
             m.backends.metadata,

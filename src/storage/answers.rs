@@ -110,4 +110,25 @@ pub trait AnswerStore: Send + Sync + 'static {
     ) -> Result<Vec<FeedbackCounts>, StorageError>;
     /// Feedback newest first, with the rated question and answer.
     async fn list_feedback(&self, q: FeedbackQuery) -> Result<Vec<FeedbackEntry>, StorageError>;
+
+    /// Backups: records created up to `until` (ms), `limit` at a time, in key order after `after`.
+    async fn export_conversations(
+        &self,
+        until: i64,
+        after: Option<String>,
+        limit: i64,
+    ) -> Result<Vec<ConversationRecord>, StorageError>;
+    async fn export_answers(
+        &self,
+        until: i64,
+        after: Option<String>,
+        limit: i64,
+    ) -> Result<Vec<AnswerRecord>, StorageError>;
+    /// After `(query_id, owner)`.
+    async fn export_feedback(
+        &self,
+        until: i64,
+        after: Option<(String, String)>,
+        limit: i64,
+    ) -> Result<Vec<FeedbackRecord>, StorageError>;
 }

@@ -306,6 +306,67 @@ impl AnswerStore for SqlStore {
         Ok(by_collection.into_values().collect())
     }
 
+    async fn export_conversations(
+        &self,
+        until: i64,
+        after: Option<String>,
+        limit: i64,
+    ) -> Result<Vec<ConversationRecord>, StorageError> {
+        let after = after.unwrap_or_default();
+        reading!(self, c => Ok(conversations::table
+            .filter(conversations::created_at.le(until))
+            .filter(conversations::id.gt(after))
+            .order(conversations::id)
+            .limit(limit)
+            .select(ConversationRow::as_select())
+            .load(c)?
+            .into_iter()
+            .map(ConversationRecord::from)
+            .collect()))
+    }
+
+    async fn export_answers(
+        &self,
+        until: i64,
+        after: Option<String>,
+        limit: i64,
+    ) -> Result<Vec<AnswerRecord>, StorageError> {
+        let after = after.unwrap_or_default();
+        reading!(self, c => Ok(answers::table
+            .filter(answers::created_at.le(until))
+            .filter(answers::id.gt(after))
+            .order(answers::id)
+            .limit(limit)
+            .select(AnswerRow::as_select())
+            .load(c)?
+            .into_iter()
+            .map(AnswerRecord::from)
+            .collect()))
+    }
+
+    async fn export_feedback(
+        &self,
+        until: i64,
+        after: Option<(String, String)>,
+        limit: i64,
+    ) -> Result<Vec<FeedbackRecord>, StorageError> {
+        let (query_id, owner) = after.unwrap_or_default();
+        reading!(self, c => Ok(feedback::table
+            .filter(feedback::created_at.le(until))
+            .filter(
+                feedback::query_id
+                    .gt(query_id.clone())
+                    .or(feedback::query_id.eq(query_id).and(feedback::owner.gt(owner))),
+            )
+            .order((feedback::query_id, feedback::owner))
+            .limit(limit)
+            .select(FeedbackRow::as_select())
+            .load(c)?
+            .into_iter()
+            .map(FeedbackRecord::from)
+            .collect()))
+    }
+
     async fn list_feedback(&self, q: FeedbackQuery) -> Result<Vec<FeedbackEntry>, StorageError> {
         reading!(self, c => {
             let mut query = feedback::table
