@@ -74,6 +74,9 @@ METRICS = {
     # backups (issue 10) and feedback (issue 11)
     "backup_last_success_timestamp_seconds", "backup_duration_seconds", "backup_size_bytes",
     "backups_total", "feedback_total",
+    # webhooks
+    "webhook_deliveries_total", "webhook_deliveries_pending", "webhook_subscriptions_disabled_total",
+    "webhook_worker_restarts_total",
     # Prometheus itself
     "up",
 }

@@ -34,6 +34,7 @@ use crate::security::tokens::AuthFailure;
 use crate::security::{SecurityError, SecurityService};
 use crate::storage::{Dependency, StorageError};
 use crate::telemetry::{ModuleName, request_middleware};
+use crate::webhooks::WebhookError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -257,6 +258,18 @@ impl From<SecurityError> for ApiError {
             .with_retry_after(wait.as_secs().max(1)),
             SecurityError::Hash(_) => ApiError::internal(&e),
             SecurityError::Storage(s) => s.into(),
+        }
+    }
+}
+
+impl From<WebhookError> for ApiError {
+    fn from(e: WebhookError) -> Self {
+        match e {
+            WebhookError::Invalid(m) => ApiError::bad_request(m),
+            WebhookError::Limit(m) => ApiError::new(StatusCode::BAD_REQUEST, "limit_exceeded", m),
+            WebhookError::NotFound(_) => ApiError::not_found("webhook"),
+            WebhookError::Storage(s) => s.into(),
+            WebhookError::Random(_) => ApiError::internal(&e),
         }
     }
 }

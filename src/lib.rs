@@ -2,7 +2,7 @@
 //!
 //! Six modules — api (8080), security (8087), query (8084), response (8085), embedder (8082) and
 //! storage (8083) — each serve their own HTTP port and call each other in-process through traits
-//! and channels. [`Application::build`] wires them once around a shared [`AppState`]; `main` and
+//! and channels; webhooks deliver job and document events from the database (admin API on 8080). [`Application::build`] wires them once around a shared [`AppState`]; `main` and
 //! the tests both start the service through it.
 
 pub mod api;
@@ -18,6 +18,7 @@ pub mod response;
 pub mod security;
 pub mod storage;
 pub mod telemetry;
+pub mod webhooks;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -45,6 +46,7 @@ use crate::storage::redis::RedisClient;
 use crate::storage::sql::SqlStore;
 use crate::storage::vector::edge::EdgeVectorIndex;
 use crate::storage::vector::server::QdrantVectorIndex;
+use crate::webhooks::WebhookService;
 use secrecy::ExposeSecret;
 
 /// The shared core every module server gets: settings and a handle to each module.
@@ -59,6 +61,7 @@ pub struct AppState {
     /// Conversations, answer records and feedback (the response module's).
     pub history: Arc<History>,
     pub security: Arc<SecurityService>,
+    pub webhooks: Arc<WebhookService>,
 }
 
 impl AppState {
@@ -140,7 +143,8 @@ pub async fn open_storage(settings: &Settings) -> anyhow::Result<Storage> {
     Ok(Storage {
         metadata: sql.clone(),
         answers: sql.clone(),
-        security: sql,
+        security: sql.clone(),
+        webhooks: sql,
         documents,
         vectors,
         cache,
@@ -228,6 +232,10 @@ impl Application {
             settings.query.clone(),
             history.clone(),
         )?);
+        let webhooks = Arc::new(
+            WebhookService::new(storage.webhooks.clone(), settings.webhooks.clone())
+                .context("webhooks")?,
+        );
         let state = Arc::new(AppState {
             settings: settings.clone(),
             storage: storage.clone(),
@@ -238,6 +246,7 @@ impl Application {
             response,
             history,
             security: security.clone(),
+            webhooks: webhooks.clone(),
         });
 
         let modules: [(&'static str, Readiness, http::Routes); 6] = [
@@ -279,6 +288,7 @@ impl Application {
         let mut background = ingest.spawn_workers(shutdown_rx.clone());
         background.push(ingest.spawn_sweeper(shutdown_rx.clone()));
         background.push(security.spawn_sync(shutdown_rx.clone()));
+        background.push(webhooks.spawn_worker(shutdown_rx.clone()));
         background.push(tokio::spawn(startup_verify(storage.clone())));
         telemetry::gauges::record_build_info();
         background.push(tokio::spawn(telemetry::gauges::sample(

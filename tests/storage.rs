@@ -1126,3 +1126,353 @@ async fn answers_conversations_and_feedback_on_both_backends() {
     let db = TestDatabase::create();
     answers_suite(postgres(&db).await).await;
 }
+
+use doc_rag::storage::webhooks::{
+    AttemptOutcome, DeliveryStatus, NewSubscription, Recorded, WebhookEvent, WebhookStore,
+};
+
+fn subscription(collection: &str, events: &[WebhookEvent]) -> NewSubscription {
+    NewSubscription {
+        collection: collection.into(),
+        url: "http://127.0.0.1:9/hook".into(),
+        secret: "whsec_test".into(),
+        events: events.to_vec(),
+    }
+}
+
+/// Webhooks: deliveries are recorded with the change they report (a finished job, a failed one,
+/// a deletion) for the enabled subscriptions of the collection that asked for the event; claims
+/// are leased (never handed out twice, taken over when expired) and outcomes fenced; a failed
+/// delivery counts towards disabling its subscription.
+async fn webhook_suite(store: Arc<SqlStore>) {
+    let meta: &dyn MetadataStore = store.as_ref();
+    let hooks: &dyn WebhookStore = store.as_ref();
+    let all = WebhookEvent::SUBSCRIBABLE;
+    let a = hooks
+        .create_subscription(subscription("c1", &all), 3)
+        .await
+        .unwrap()
+        .unwrap();
+    let b = hooks
+        .create_subscription(subscription("c1", &[WebhookEvent::DocumentDeleted]), 3)
+        .await
+        .unwrap()
+        .unwrap();
+    let other = hooks
+        .create_subscription(subscription("c2", &all), 3)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        hooks
+            .create_subscription(subscription("c3", &all), 3)
+            .await
+            .unwrap()
+            .is_none(),
+        "the limit holds"
+    );
+    let listed = hooks.list_subscriptions().await.unwrap();
+    assert_eq!(listed.len(), 3);
+    assert_eq!(listed[0].events, all.to_vec());
+    assert_eq!(
+        hooks.get_subscription(b.id).await.unwrap().unwrap().events,
+        vec![WebhookEvent::DocumentDeleted]
+    );
+
+    // A finished job: one job.done for `a` (b did not ask for it, `other` is another collection).
+    let lease = Duration::from_secs(60);
+    let submitted = meta.submit_document(doc("W", None)).await.unwrap();
+    let job = meta.claim_job("w", lease).await.unwrap().unwrap();
+    assert_eq!(hooks.pending_deliveries().await.unwrap(), 0);
+    meta.finish_job(&job, "w", FinishedChunks::Inline(Vec::new()))
+        .await
+        .unwrap();
+    assert_eq!(hooks.pending_deliveries().await.unwrap(), 1);
+    let claimed = hooks.claim_deliveries("d1", lease, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let d = &claimed[0];
+    assert_eq!(
+        (d.subscription_id, d.event.as_str(), d.attempts),
+        (a.id, "job.done", 1)
+    );
+    assert_eq!(
+        (d.url.as_str(), d.secret.as_str()),
+        (a.url.as_str(), "whsec_test")
+    );
+    let payload: serde_json::Value = serde_json::from_str(&d.payload).unwrap();
+    assert_eq!(payload["event"], "job.done");
+    assert_eq!(payload["collection"], "c1");
+    assert_eq!(payload["document_id"], submitted.document_id.to_string());
+    assert_eq!(payload["job_id"], submitted.job_id.to_string());
+    assert_eq!(payload["version"], 1);
+    assert!(
+        hooks
+            .claim_deliveries("d2", lease, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a leased delivery is not handed out twice"
+    );
+
+    // Outcomes are fenced by the lease owner; a failure with a retry puts it back, due later.
+    let failed = AttemptOutcome::Failed {
+        status: Some(500),
+        error: "HTTP 500".into(),
+    };
+    assert_eq!(
+        hooks
+            .record_attempt(d, "d2", &failed, Some(Duration::ZERO), 5)
+            .await
+            .unwrap(),
+        Recorded::LeaseLost
+    );
+    assert_eq!(
+        hooks
+            .record_attempt(d, "d1", &failed, Some(Duration::from_millis(300)), 5)
+            .await
+            .unwrap(),
+        Recorded::Retrying
+    );
+    assert!(
+        hooks
+            .claim_deliveries("d1", lease, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not due yet"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let again = hooks.claim_deliveries("d2", lease, 10).await.unwrap();
+    assert_eq!((again.len(), again[0].attempts), (1, 2));
+    assert_eq!(
+        hooks
+            .record_attempt(d, "d1", &AttemptOutcome::Delivered { status: 200 }, None, 5)
+            .await
+            .unwrap(),
+        Recorded::LeaseLost,
+        "the first attempt's worker no longer holds it"
+    );
+    assert_eq!(
+        hooks
+            .record_attempt(
+                &again[0],
+                "d2",
+                &AttemptOutcome::Delivered { status: 204 },
+                None,
+                5
+            )
+            .await
+            .unwrap(),
+        Recorded::Delivered
+    );
+    let log = hooks.list_deliveries(a.id, 10, 0).await.unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(
+        (log[0].status, log[0].attempts, log[0].last_status_code),
+        (DeliveryStatus::Delivered, 2, Some(204))
+    );
+    assert!(log[0].delivered_at.is_some() && log[0].last_error.is_none());
+
+    // A deletion: document.deleted for a and b. A lease that expired is taken over, and the
+    // worker that lost it records nothing.
+    meta.delete_document(submitted.document_id).await.unwrap();
+    let slow = hooks
+        .claim_deliveries("slow", Duration::from_millis(1), 10)
+        .await
+        .unwrap();
+    assert_eq!(slow.len(), 2);
+    assert!(slow.iter().all(|d| d.event == "document.deleted"));
+    let mut subs: Vec<Uuid> = slow.iter().map(|d| d.subscription_id).collect();
+    subs.sort();
+    let mut expected = vec![a.id, b.id];
+    expected.sort();
+    assert_eq!(subs, expected);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let fast = hooks.claim_deliveries("fast", lease, 10).await.unwrap();
+    assert_eq!(fast.len(), 2, "expired leases are taken over");
+    assert!(fast.iter().all(|d| d.attempts == 2));
+    for d in &slow {
+        assert_eq!(
+            hooks
+                .record_attempt(
+                    d,
+                    "slow",
+                    &AttemptOutcome::Delivered { status: 200 },
+                    None,
+                    5
+                )
+                .await
+                .unwrap(),
+            Recorded::LeaseLost
+        );
+    }
+    for d in &fast {
+        assert_eq!(
+            hooks
+                .record_attempt(
+                    d,
+                    "fast",
+                    &AttemptOutcome::Delivered { status: 200 },
+                    None,
+                    5
+                )
+                .await
+                .unwrap(),
+            Recorded::Delivered
+        );
+    }
+
+    // A job failed for good: job.failed for a, with the error. Giving up on it is the first
+    // consecutive failure; with disable_after = 1 that disables the subscription.
+    let s2 = meta.submit_document(doc("W2", None)).await.unwrap();
+    let job = meta.claim_job("w", lease).await.unwrap().unwrap();
+    meta.fail_job(&job, "w", "cannot parse", None, 5)
+        .await
+        .unwrap();
+    let claimed = hooks.claim_deliveries("d1", lease, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let payload: serde_json::Value = serde_json::from_str(&claimed[0].payload).unwrap();
+    assert_eq!(
+        (payload["event"].as_str(), payload["error"].as_str()),
+        (Some("job.failed"), Some("cannot parse"))
+    );
+    assert_eq!(
+        hooks
+            .record_attempt(&claimed[0], "d1", &failed, None, 1)
+            .await
+            .unwrap(),
+        Recorded::Failed { disabled: true }
+    );
+    let disabled = hooks.get_subscription(a.id).await.unwrap().unwrap();
+    assert!(!disabled.enabled);
+    assert_eq!(disabled.consecutive_failures, 1);
+    assert!(
+        disabled
+            .disabled_reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("HTTP 500"),
+        "{:?}",
+        disabled.disabled_reason
+    );
+    // A disabled subscription gets no new deliveries; the others still do.
+    meta.delete_document(s2.document_id).await.unwrap();
+    let claimed = hooks.claim_deliveries("d1", lease, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].subscription_id, b.id);
+    // A ping is recorded for a disabled subscription too, leased to the caller.
+    let ping = hooks
+        .enqueue_ping(a.id, "api", lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((ping.event.as_str(), ping.attempts), ("ping", 1));
+    assert!(
+        hooks
+            .enqueue_ping(Uuid::new_v4(), "api", lease)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        hooks
+            .record_attempt(&ping, "api", &failed, Some(Duration::ZERO), 1)
+            .await
+            .unwrap(),
+        Recorded::Retrying
+    );
+    assert!(
+        hooks
+            .claim_deliveries("d1", lease, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a disabled subscription's deliveries wait"
+    );
+    let enabled = hooks.enable_subscription(a.id).await.unwrap().unwrap();
+    assert!(enabled.enabled && enabled.disabled_reason.is_none());
+    assert_eq!(enabled.consecutive_failures, 0);
+    let resumed = hooks.claim_deliveries("d1", lease, 10).await.unwrap();
+    assert_eq!(resumed.len(), 1, "enabled again, its ping is due");
+    assert_eq!((resumed[0].id, resumed[0].attempts), (ping.id, 2));
+
+    // The log: newest first, paged; pruning keeps what is pending.
+    let log = hooks.list_deliveries(a.id, 10, 0).await.unwrap();
+    assert_eq!(
+        log.iter().map(|d| d.event.as_str()).collect::<Vec<_>>(),
+        vec!["ping", "job.failed", "document.deleted", "job.done"]
+    );
+    assert_eq!(hooks.list_deliveries(a.id, 2, 1).await.unwrap().len(), 2);
+    let pending = hooks.pending_deliveries().await.unwrap();
+    assert_eq!(pending, 2, "a's ping (leased) and b's deletion");
+    let pruned = hooks
+        .prune_deliveries(chrono::Utc::now() + chrono::Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        pruned, 4,
+        "every settled delivery: a's job.done, deletion and job.failed, b's deletion"
+    );
+    assert_eq!(hooks.pending_deliveries().await.unwrap(), pending);
+
+    // Deleting a subscription drops its deliveries.
+    assert!(hooks.delete_subscription(a.id).await.unwrap());
+    assert!(!hooks.delete_subscription(a.id).await.unwrap());
+    assert!(hooks.list_deliveries(a.id, 10, 0).await.unwrap().is_empty());
+    assert_eq!(hooks.pending_deliveries().await.unwrap(), 1);
+    assert!(hooks.get_subscription(other.id).await.unwrap().is_some());
+}
+
+/// Two stores on one database (replicas) claiming concurrently never get the same delivery.
+async fn concurrent_delivery_claims(a: Arc<SqlStore>, b: Arc<SqlStore>) {
+    let sub = a
+        .create_subscription(subscription("c1", &WebhookEvent::SUBSCRIBABLE), 10)
+        .await
+        .unwrap()
+        .unwrap();
+    // Pings whose lease has run out already: due for anyone.
+    for _ in 0..30 {
+        a.enqueue_ping(sub.id, "gone", Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let lease = Duration::from_secs(60);
+    let claim_all = |s: Arc<SqlStore>, name: &'static str| async move {
+        let mut ids = Vec::new();
+        loop {
+            let batch = s.claim_deliveries(name, lease, 3).await.unwrap();
+            if batch.is_empty() {
+                return ids;
+            }
+            ids.extend(batch.iter().map(|d| d.id));
+        }
+    };
+    let (x, y) = tokio::join!(
+        tokio::spawn(claim_all(a, "a")),
+        tokio::spawn(claim_all(b, "b"))
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    let mut all: Vec<_> = x.iter().chain(y.iter()).collect();
+    assert_eq!(all.len(), 30);
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 30, "no delivery claimed twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhook_store_behaviour_on_both_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    webhook_suite(sqlite(dir.path()).await).await;
+    let db = TestDatabase::create();
+    webhook_suite(postgres(&db).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_never_claim_the_same_delivery_on_both_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    concurrent_delivery_claims(sqlite(dir.path()).await, sqlite(dir.path()).await).await;
+    let db = TestDatabase::create();
+    concurrent_delivery_claims(postgres(&db).await, postgres(&db).await).await;
+}

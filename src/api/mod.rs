@@ -79,7 +79,13 @@ use crate::telemetry::RequestId;
         crate::security::http::revoke_api_key,
         crate::security::http::list_grants,
         crate::security::http::set_grant,
-        crate::security::http::delete_grant
+        crate::security::http::delete_grant,
+        crate::webhooks::http::create_webhook,
+        crate::webhooks::http::list_webhooks,
+        crate::webhooks::http::delete_webhook,
+        crate::webhooks::http::enable_webhook,
+        crate::webhooks::http::test_webhook,
+        crate::webhooks::http::list_deliveries
     ),
     components(schemas(
         CreateDocument,
@@ -127,7 +133,16 @@ use crate::telemetry::RequestId;
         crate::security::UserView,
         crate::security::ApiKeyView,
         crate::security::Role,
-        crate::security::Permission
+        crate::security::Permission,
+        crate::webhooks::http::CreateWebhook,
+        crate::webhooks::http::WebhookView,
+        crate::webhooks::http::WebhookCreated,
+        crate::webhooks::http::WebhookList,
+        crate::webhooks::http::DeliveryView,
+        crate::webhooks::http::DeliveryList,
+        crate::webhooks::http::WebhookTested,
+        crate::storage::webhooks::WebhookEvent,
+        crate::storage::webhooks::DeliveryStatus
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []), ("api_key" = []))
@@ -744,7 +759,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/search", web::post().to(search))
         .route("/v1/query", web::post().to(query))
         .configure(conversations::routes)
-        .configure(crate::security::http::routes);
+        .configure(crate::security::http::routes)
+        .configure(crate::webhooks::http::routes);
 }
 
 pub fn readiness(

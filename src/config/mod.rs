@@ -39,6 +39,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
     pub backup: BackupSettings,
+    pub webhooks: WebhookSettings,
 }
 
 /// Limits on what callers send (see `[limits]` in config/default.toml).
@@ -379,6 +380,30 @@ impl BackupSettings {
     }
 }
 
+/// Webhooks: delivery of job and document events to subscribed receivers (`[webhooks]`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookSettings {
+    /// Deliveries attempted at once by this process.
+    pub concurrency: usize,
+    /// How often the idle delivery worker looks for deliveries due (retries, other replicas').
+    pub poll_interval_ms: u64,
+    /// One attempt (connect, send, answer) may take this long.
+    pub timeout_ms: u64,
+    /// Attempts per delivery, the first included.
+    pub max_attempts: i32,
+    /// Backoff of a failed attempt: doubling from `retry_base_ms` up to `retry_max_ms`, jittered.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// Consecutive failed deliveries that disable a subscription.
+    pub disable_after: i32,
+    /// Subscriptions at most (all collections together).
+    pub max_subscriptions: i64,
+    /// The longest receiver URL accepted.
+    pub url_max_bytes: usize,
+    /// Delivered and failed deliveries are kept this long in the delivery log.
+    pub retention_hours: u64,
+}
+
 /// Distributed tracing: spans exported over OTLP (HTTP, protobuf) when an endpoint is set.
 #[derive(Debug, Clone, Deserialize)]
 pub struct TelemetrySettings {
@@ -504,6 +529,23 @@ impl Settings {
             return invalid("parser.memory_max_mb must be at least 64");
         }
         self.backup.parsed_schedule()?;
+        let w = &self.webhooks;
+        if w.concurrency == 0
+            || w.timeout_ms == 0
+            || w.max_attempts < 1
+            || w.disable_after < 1
+            || w.max_subscriptions < 1
+            || w.url_max_bytes < 16
+            || w.poll_interval_ms == 0
+        {
+            return invalid(
+                "webhooks.concurrency, timeout_ms, max_attempts, disable_after, max_subscriptions \
+                 and poll_interval_ms must be at least 1, webhooks.url_max_bytes at least 16",
+            );
+        }
+        if w.retry_base_ms == 0 || w.retry_base_ms > w.retry_max_ms {
+            return invalid("webhooks.retry_base_ms must be in 1..=webhooks.retry_max_ms");
+        }
         if self.ingest.workers == 0 {
             return invalid("ingest.workers must be at least 1");
         }

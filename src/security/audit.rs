@@ -33,6 +33,10 @@ pub enum Event {
     GrantRemoved,
     RateLimitsChanged,
     LogLevelChanged,
+    WebhookCreated,
+    WebhookDeleted,
+    WebhookEnabled,
+    WebhookTested,
 }
 
 impl Event {
@@ -61,6 +65,10 @@ impl Event {
             Event::GrantRemoved => "grant_removed",
             Event::RateLimitsChanged => "rate_limits_changed",
             Event::LogLevelChanged => "log_level_changed",
+            Event::WebhookCreated => "webhook_created",
+            Event::WebhookDeleted => "webhook_deleted",
+            Event::WebhookEnabled => "webhook_enabled",
+            Event::WebhookTested => "webhook_tested",
         }
     }
 }

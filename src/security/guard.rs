@@ -45,6 +45,7 @@ pub fn policy(module: &str, method: &Method, pattern: Option<&str>) -> Policy {
         (Some("/v1/auth/login" | "/v1/auth/refresh"), &Method::POST) => Policy::Public,
         (Some("/metrics"), _) => Policy::Metrics,
         (Some(p), _) if module == "security" && p.starts_with("/v1/admin") => Policy::Admin,
+        (Some(p), _) if module == "api" && p.starts_with("/v1/webhooks") => Policy::Admin,
         _ => match module {
             "api" | "security" => Policy::User,
             _ => Policy::Internal,
@@ -286,7 +287,7 @@ fn finish<B>(mut res: ServiceResponse<B>, path: &str) -> ServiceResponse<B> {
         header::CONTENT_SECURITY_POLICY,
         "default-src 'none'; frame-ancestors 'none'",
     );
-    if ["/v1/auth", "/v1/api-keys", "/v1/admin"]
+    if ["/v1/auth", "/v1/api-keys", "/v1/admin", "/v1/webhooks"]
         .iter()
         .any(|p| path.starts_with(p))
     {
@@ -361,6 +362,11 @@ mod tests {
         assert_eq!(policy("api", &get, Some("/openapi.json")), Policy::User);
         assert_eq!(
             policy("security", &get, Some("/v1/admin/users")),
+            Policy::Admin
+        );
+        assert_eq!(policy("api", &post, Some("/v1/webhooks")), Policy::Admin);
+        assert_eq!(
+            policy("api", &get, Some("/v1/webhooks/{id}/deliveries")),
             Policy::Admin
         );
         assert_eq!(policy("query", &post, Some("/v1/search")), Policy::Internal);

@@ -10,6 +10,8 @@
 //! - [`cache::Cache`]: query results, invalidated per collection when content changes.
 //! - [`security::SecurityStore`]: users, keys, grants, blocks and the audit log (the SQL store).
 //! - [`answers::AnswerStore`]: answers given, conversations and feedback (the SQL store).
+//! - [`webhooks::WebhookStore`]: webhook subscriptions and the delivery queue and log (the SQL
+//!   store, which records deliveries in the transactions of the changes they report).
 //!
 //! The storage module also serves its own port with `/v1/stats`.
 
@@ -23,6 +25,7 @@ pub mod security;
 pub mod sql;
 pub mod vector;
 pub mod verify;
+pub mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -608,6 +611,7 @@ pub struct Storage {
     pub metadata: Arc<dyn MetadataStore>,
     pub security: Arc<dyn security::SecurityStore>,
     pub answers: Arc<dyn answers::AnswerStore>,
+    pub webhooks: Arc<dyn webhooks::WebhookStore>,
     pub documents: Arc<dyn DocumentStore>,
     pub vectors: Arc<dyn VectorIndex>,
     pub cache: Arc<dyn Cache>,

@@ -1,6 +1,6 @@
 //! Gauges sampled every few seconds for the operators' dashboards and alerts: the process
 //! (CPU, memory, file descriptors), the data directory's file system, the database pool, the job
-//! queue and the vector index. Counters and histograms are recorded where the work happens; these
+//! queue, the webhook delivery queue and the vector index. Counters and histograms are recorded where the work happens; these
 //! are states, so they are read on a timer instead.
 
 use std::path::{Path, PathBuf};
@@ -39,6 +39,9 @@ pub async fn sample(storage: Storage, data_dir: PathBuf, mut shutdown: watch::Re
                 .map(|t| (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0)
                 .unwrap_or(0.0);
             metrics::gauge!("ingest_oldest_queued_job_age_seconds").set(age);
+        }
+        if let Ok(n) = storage.webhooks.pending_deliveries().await {
+            metrics::gauge!("webhook_deliveries_pending").set(n as f64);
         }
         if let Ok(n) = storage.vectors.count().await {
             metrics::gauge!("vector_points").set(n as f64);

@@ -231,8 +231,15 @@ pub fn register_event_counters() {
         "embedder_rejected_total",
         "auth_login_failures_total",
         "auth_logins_total",
+        "webhook_worker_restarts_total",
     ] {
         metrics::counter!(name).increment(0);
+    }
+    for outcome in ["delivered", "retrying", "failed", "lease_lost"] {
+        metrics::counter!("webhook_deliveries_total", "outcome" => outcome).increment(0);
+    }
+    for reason in ["failures", "backlog"] {
+        metrics::counter!("webhook_subscriptions_disabled_total", "reason" => reason).increment(0);
     }
     for reason in ["timeout", "died"] {
         metrics::counter!("parser_killed_total", "reason" => reason).increment(0);

@@ -10,6 +10,7 @@ pub mod schema;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,9 +23,16 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
-use self::schema::{batches, chunks, collections, deletions, document_contents, documents, jobs};
+use self::schema::{
+    batches, chunks, collections, deletions, document_contents, documents, jobs,
+    webhook_deliveries, webhook_subscriptions,
+};
+use super::webhooks::{
+    DeliveryStatus, DocumentEvent, MAX_PENDING_PER_SUBSCRIPTION, WebhookEvent, subscribed,
+};
 use super::{
     BATCH_FAILURES_SHOWN, BatchFailure, BatchView, ClaimedJob, CollectionInfo, DeletedDocument,
     Deletion, Document, DocumentState, DocumentStatus, DocumentStore, Finish, FinishedChunks,
@@ -101,6 +109,75 @@ macro_rules! held_job {
     };
 }
 
+/// Records a pending delivery of a [`DocumentEvent`] for every enabled subscription of its
+/// collection that asked for it, inside the caller's transaction: the change and the deliveries
+/// that report it commit (or roll back) together, so a crash can neither lose an event nor report
+/// one that did not happen. Evaluates to how many it recorded. A subscription whose backlog is
+/// full is disabled instead (see [`MAX_PENDING_PER_SUBSCRIPTION`]). A macro, like `with_conn!`,
+/// so one body serves both connection types.
+macro_rules! enqueue_webhooks {
+    ($c:expr, $event:expr, $now:expr) => {{
+        let event: &DocumentEvent = $event;
+        let now: i64 = $now;
+        let subscriptions: Vec<(String, String)> = webhook_subscriptions::table
+            .filter(webhook_subscriptions::collection.eq(&event.collection))
+            .filter(webhook_subscriptions::enabled.eq(true))
+            .select((webhook_subscriptions::id, webhook_subscriptions::events))
+            .load($c)?;
+        let mut recorded = 0usize;
+        let mut payload: Option<String> = None;
+        for (subscription_id, events) in subscriptions {
+            if !subscribed(&events, event.event) {
+                continue;
+            }
+            // Reads at most the backlog's size of index entries: is there a row at the cap?
+            let full: Vec<String> = webhook_deliveries::table
+                .filter(webhook_deliveries::subscription_id.eq(&subscription_id))
+                .filter(webhook_deliveries::status.eq(DeliveryStatus::Pending.as_str()))
+                .select(webhook_deliveries::id)
+                .limit(1)
+                .offset(MAX_PENDING_PER_SUBSCRIPTION - 1)
+                .load($c)?;
+            if !full.is_empty() {
+                diesel::update(webhook_subscriptions::table.find(&subscription_id))
+                    .set((
+                        webhook_subscriptions::enabled.eq(false),
+                        webhook_subscriptions::disabled_reason.eq(format!(
+                            "{MAX_PENDING_PER_SUBSCRIPTION} deliveries were pending: the receiver \
+                             does not keep up (the backlog is delivered once enabled again)"
+                        )),
+                    ))
+                    .execute($c)?;
+                tracing::warn!(
+                    module = "webhooks",
+                    %subscription_id,
+                    "webhook subscription disabled: its delivery backlog is full"
+                );
+                metrics::counter!("webhook_subscriptions_disabled_total", "reason" => "backlog")
+                    .increment(1);
+                continue;
+            }
+            let body = payload
+                .get_or_insert_with(|| event.payload(to_time(now)))
+                .clone();
+            diesel::insert_into(webhook_deliveries::table)
+                .values((
+                    webhook_deliveries::id.eq(Uuid::new_v4().to_string()),
+                    webhook_deliveries::subscription_id.eq(&subscription_id),
+                    webhook_deliveries::event.eq(event.event.as_str()),
+                    webhook_deliveries::payload.eq(body),
+                    webhook_deliveries::status.eq(DeliveryStatus::Pending.as_str()),
+                    webhook_deliveries::attempts.eq(0),
+                    webhook_deliveries::next_attempt_at.eq(now),
+                    webhook_deliveries::created_at.eq(now),
+                ))
+                .execute($c)?;
+            recorded += 1;
+        }
+        Ok::<usize, StorageError>(recorded)
+    }};
+}
+
 /// What differs between the backends.
 trait Dialect: Connection {
     /// A transaction that will write. SQLite must take the write lock up front: a deferred
@@ -115,6 +192,13 @@ trait Dialect: Connection {
     /// Leases the oldest available job: queued and due, or running with an expired lease.
     /// Binds: worker, lease_until, now, now, now.
     const CLAIM_SQL: &'static str;
+    /// Leases the due deliveries of enabled subscriptions: pending and due, not leased or with an
+    /// expired lease; each claim counts an attempt. Binds: worker, lease_until, now, now, limit.
+    const CLAIM_DELIVERIES_SQL: &'static str;
+    /// Inside a write transaction: makes concurrent writers of `table` wait until it ends, so a
+    /// count and the insert it allows are one step. SQLite's write transaction holds the database
+    /// lock already; PostgreSQL's READ COMMITTED would let two transactions count the same rows.
+    fn serialize_writes(&mut self, table: &'static str) -> Result<(), StorageError>;
 }
 
 impl Dialect for SqliteConnection {
@@ -137,6 +221,17 @@ impl Dialect for SqliteConnection {
                      OR (status = 'running' AND lease_until < ?) \
                      ORDER BY created_at, id LIMIT ?) \
          RETURNING id, document_id, document_version, attempts, request_id, created_at";
+    const CLAIM_DELIVERIES_SQL: &'static str = "UPDATE webhook_deliveries SET lease_owner = ?, lease_until = ?, \
+         attempts = attempts + 1 \
+         WHERE id IN (SELECT d.id FROM webhook_deliveries d \
+                      JOIN webhook_subscriptions s ON s.id = d.subscription_id \
+                      WHERE d.status = 'pending' AND d.next_attempt_at <= ? \
+                      AND (d.lease_until IS NULL OR d.lease_until < ?) AND s.enabled \
+                      ORDER BY d.next_attempt_at, d.id LIMIT ?) \
+         RETURNING id, subscription_id, event, payload, attempts";
+    fn serialize_writes(&mut self, _: &'static str) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 impl Dialect for PgConnection {
@@ -163,6 +258,20 @@ impl Dialect for PgConnection {
                      OR (status = 'running' AND lease_until < $5) \
                      ORDER BY created_at, id LIMIT $6 FOR UPDATE SKIP LOCKED) \
          RETURNING id, document_id, document_version, attempts, request_id, created_at";
+    // As for jobs: SKIP LOCKED lets replicas claim different deliveries without waiting.
+    const CLAIM_DELIVERIES_SQL: &'static str = "UPDATE webhook_deliveries SET lease_owner = $1, lease_until = $2, \
+         attempts = attempts + 1 \
+         WHERE id IN (SELECT d.id FROM webhook_deliveries d \
+                      JOIN webhook_subscriptions s ON s.id = d.subscription_id \
+                      WHERE d.status = 'pending' AND d.next_attempt_at <= $3 \
+                      AND (d.lease_until IS NULL OR d.lease_until < $4) AND s.enabled \
+                      ORDER BY d.next_attempt_at, d.id LIMIT $5 FOR UPDATE OF d SKIP LOCKED) \
+         RETURNING id, subscription_id, event, payload, attempts";
+    fn serialize_writes(&mut self, table: &'static str) -> Result<(), StorageError> {
+        // Conflicts with itself and with row writes, not with plain reads.
+        self.batch_execute(&format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))?;
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
@@ -202,6 +311,9 @@ impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PgSession {
 
 pub struct SqlStore {
     pool: Pool,
+    /// Wakes the webhook delivery worker after a commit recorded deliveries (see
+    /// [`WebhookStore::deliveries_enqueued`](super::webhooks::WebhookStore::deliveries_enqueued)).
+    webhook_wake: Arc<Notify>,
 }
 
 fn now_ms() -> i64 {
@@ -429,7 +541,10 @@ impl SqlStore {
                     Pool::Postgres(pool)
                 }
             };
-            let store = SqlStore { pool };
+            let store = SqlStore {
+                pool,
+                webhook_wake: Arc::new(Notify::new()),
+            };
             store.migrate_blocking()?;
             Ok(store)
         })
@@ -733,9 +848,12 @@ impl MetadataStore for SqlStore {
     }
 
     async fn delete_document(&self, id: Uuid) -> Result<Option<DeletedDocument>, StorageError> {
+        let wake = Arc::clone(&self.webhook_wake);
         self.blocking(move |pool| {
             with_conn!(pool, c => {
-                c.write_txn(|c| {
+                let mut enqueued = 0;
+                let deleted = c.write_txn(|c| {
+                    let document_id = id;
                     let id = id.to_string();
                     let Some(row) = documents::table
                         .find(&id)
@@ -767,13 +885,27 @@ impl MetadataStore for SqlStore {
                         .do_update()
                         .set(deletions::deleted_at.eq(now_ms()))
                         .execute(c)?;
+                    // With the deletion record: the event is as durable as the deletion.
+                    let event = DocumentEvent {
+                        event: WebhookEvent::DocumentDeleted,
+                        collection: row.collection.clone(),
+                        document_id,
+                        job_id: None,
+                        version: row.version,
+                        error: None,
+                    };
+                    enqueued = enqueue_webhooks!(c, &event, now_ms())?;
                     Ok(Some(DeletedDocument {
                         document: row.into_document()?,
                         chunks: chunks_removed as u64,
                         jobs: jobs_removed as u64,
                         was_indexing: active > 0,
                     }))
-                })
+                });
+                if enqueued > 0 && deleted.is_ok() {
+                    wake.notify_one();
+                }
+                deleted
             })
         })
         .await
@@ -905,9 +1037,11 @@ impl MetadataStore for SqlStore {
         jobs: Vec<(ClaimedJob, FinishedChunks)>,
     ) -> Result<Vec<Finish>, StorageError> {
         let worker = worker.to_string();
+        let wake = Arc::clone(&self.webhook_wake);
         self.blocking(move |pool| {
             with_conn!(pool, c => {
-                c.write_txn(|c| {
+                let mut enqueued = 0;
+                let finished = c.write_txn(|c| {
                     let now = now_ms();
                     let mut outcomes = Vec::with_capacity(jobs.len());
                     for (job, new_chunks) in &jobs {
@@ -921,9 +1055,9 @@ impl MetadataStore for SqlStore {
                         let exists: i64 = documents::table.find(&doc_id).count().get_result(c)?;
                         return Ok(if exists == 0 { Finish::Deleted } else { Finish::LeaseLost });
                     }
-                    let version: Option<i64> = documents::table
+                    let current: Option<(i64, String)> = documents::table
                         .find(&doc_id)
-                        .select(documents::version)
+                        .select((documents::version, documents::collection))
                         .first(c)
                         .optional()?;
                     let release = (
@@ -931,9 +1065,10 @@ impl MetadataStore for SqlStore {
                         jobs::lease_until.eq(None::<i64>),
                         jobs::updated_at.eq(now),
                     );
-                    match version {
+                    match current {
                         None => Ok(Finish::Deleted),
-                        Some(v) if v != job.document_version => {
+                        // A superseded job reports nothing: the newer version's job will.
+                        Some((v, _)) if v != job.document_version => {
                             diesel::update(jobs::table.find(&job_id))
                                 .set((
                                     jobs::status.eq(JobStatus::Failed.as_str()),
@@ -943,7 +1078,7 @@ impl MetadataStore for SqlStore {
                                 .execute(c)?;
                             Ok(Finish::Superseded)
                         }
-                        Some(_) => {
+                        Some((_, collection)) => {
                             let n = match new_chunks {
                                 FinishedChunks::Inline(chunks) => {
                                     write_chunks!(c, &doc_id, chunks)?;
@@ -962,6 +1097,17 @@ impl MetadataStore for SqlStore {
                             diesel::update(jobs::table.find(&job_id))
                                 .set((jobs::status.eq(JobStatus::Done.as_str()), jobs::error.eq(None::<String>), release))
                                 .execute(c)?;
+                            // In the fenced finish: `job.done` is recorded exactly when the
+                            // chunks go live.
+                            let event = DocumentEvent {
+                                event: WebhookEvent::JobDone,
+                                collection,
+                                document_id: job.document_id,
+                                job_id: Some(job.job_id),
+                                version: job.document_version,
+                                error: None,
+                            };
+                            enqueued += enqueue_webhooks!(c, &event, now)?;
                             Ok(Finish::Live)
                         }
                     }
@@ -969,7 +1115,11 @@ impl MetadataStore for SqlStore {
                     outcomes.push(outcome);
                     }
                     Ok(outcomes)
-                })
+                });
+                if enqueued > 0 && finished.is_ok() {
+                    wake.notify_one();
+                }
+                finished
             })
         })
         .await
@@ -986,8 +1136,10 @@ impl MetadataStore for SqlStore {
         let job = job.clone();
         let worker = worker.to_string();
         let error = error.to_string();
+        let wake = Arc::clone(&self.webhook_wake);
         self.blocking(move |pool| with_conn!(pool, c => {
-            c.write_txn(|c| {
+            let mut enqueued = 0;
+            let failed = c.write_txn(|c| {
                 let now = now_ms();
                 let status = if retry_in.is_some() && job.attempts < max_attempts { JobStatus::Queued } else { JobStatus::Failed };
                 let not_before = retry_in.map(|d| now + d.as_millis() as i64);
@@ -1025,8 +1177,31 @@ impl MetadataStore for SqlStore {
                         .set(documents::chunk_count.eq(0))
                         .execute(c)?;
                 }
+                if status == JobStatus::Failed {
+                    // In the fenced failure: only the worker that really gave up reports it.
+                    let collection: Option<String> = documents::table
+                        .find(&doc_id)
+                        .select(documents::collection)
+                        .first(c)
+                        .optional()?;
+                    if let Some(collection) = collection {
+                        let event = DocumentEvent {
+                            event: WebhookEvent::JobFailed,
+                            collection,
+                            document_id: job.document_id,
+                            job_id: Some(job.job_id),
+                            version: job.document_version,
+                            error: Some(error.clone()),
+                        };
+                        enqueued = enqueue_webhooks!(c, &event, now)?;
+                    }
+                }
                 Ok(Some(status))
-            })
+            });
+            if enqueued > 0 && failed.is_ok() {
+                wake.notify_one();
+            }
+            failed
         }))
         .await
     }
@@ -1533,3 +1708,4 @@ impl DocumentStore for SqlStore {
 // After `with_conn!`, which it uses.
 mod answers;
 mod security;
+mod webhooks;

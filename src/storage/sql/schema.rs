@@ -234,5 +234,42 @@ diesel::allow_tables_to_appear_in_same_query!(
     audit_log,
     conversations,
     answers,
-    feedback
+    feedback,
+    webhook_subscriptions,
+    webhook_deliveries
 );
+
+// Webhooks (migration 2026-11-30-000002_webhooks).
+diesel::table! {
+    webhook_subscriptions (id) {
+        id -> Text,
+        collection -> Text,
+        url -> Text,
+        secret -> Text,
+        events -> Text,
+        enabled -> Bool,
+        disabled_reason -> Nullable<Text>,
+        consecutive_failures -> Integer,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> Text,
+        subscription_id -> Text,
+        event -> Text,
+        payload -> Text,
+        status -> Text,
+        attempts -> Integer,
+        next_attempt_at -> BigInt,
+        lease_owner -> Nullable<Text>,
+        lease_until -> Nullable<BigInt>,
+        last_status_code -> Nullable<Integer>,
+        last_error -> Nullable<Text>,
+        created_at -> BigInt,
+        delivered_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::joinable!(webhook_deliveries -> webhook_subscriptions (subscription_id));
