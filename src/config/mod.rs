@@ -592,7 +592,7 @@ impl Settings {
             );
         }
         // A follow-up may make two calls (the rewrite, then the answer) within one request.
-        if 2 * llm.timeout_secs >= self.limits.handler_timeout_secs {
+        if llm.enabled() && 2 * llm.timeout_secs >= self.limits.handler_timeout_secs {
             return invalid(
                 "response.llm.timeout_secs must be under half of limits.handler_timeout_secs",
             );
@@ -838,6 +838,49 @@ mod tests {
         assert!(err.to_string().contains("chunk_overlap_tokens"));
         assert!(Settings::defaults_with(&[("database.url".into(), "mysql://x".into())]).is_err());
         assert!(Settings::defaults_with(&[("api.bind".into(), "localhost".into())]).is_err());
+    }
+
+    #[test]
+    fn llm_settings_are_checked_only_when_a_provider_is_set() {
+        let with = |pairs: &[(&str, &str)]| {
+            Settings::defaults_with(
+                &pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        // No provider: a short handler timeout is fine, the model's deadlines do not apply.
+        assert!(
+            with(&[
+                ("limits.handler_timeout_secs", "3"),
+                ("api.wait_timeout_secs", "2")
+            ])
+            .is_ok()
+        );
+        let url = ("response.llm.base_url", "http://127.0.0.1:8000/v1");
+        let err = with(&[url]).unwrap_err().to_string();
+        assert!(err.contains("response.llm.model"), "{err}");
+        assert!(with(&[url, ("response.llm.model", "m")]).is_ok());
+        let err = with(&[
+            ("response.llm.base_url", "ftp://x"),
+            ("response.llm.model", "m"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("base_url"), "{err}");
+        let err = with(&[
+            url,
+            ("response.llm.model", "m"),
+            ("response.llm.timeout_secs", "90"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("half of limits.handler_timeout_secs"), "{err}");
+        let err = with(&[("response.llm.temperature", "3")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("temperature"), "{err}");
     }
 
     #[test]
