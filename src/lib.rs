@@ -15,6 +15,7 @@ pub mod ingest;
 pub mod limits;
 pub mod query;
 pub mod response;
+pub mod retry;
 pub mod security;
 pub mod storage;
 pub mod telemetry;

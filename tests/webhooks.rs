@@ -522,15 +522,7 @@ async fn failed_attempts_are_retried_and_a_receiver_that_keeps_failing_is_disabl
             .contains("2 consecutive deliveries failed"),
         "{sub}"
     );
-    let metrics = app
-        .client
-        .get(app.api("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("webhook_subscriptions_disabled_total{reason=\"failures\"}"),
         "metrics"

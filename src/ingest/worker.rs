@@ -95,21 +95,10 @@ impl From<StorageError> for JobFailure {
     }
 }
 
-/// How long a failed job waits before its next attempt: doubling from `retry_base_ms` with each
-/// attempt up to `retry_max_ms`, then a random half of it taken off, so jobs that failed together
-/// (an outage) do not all come back at once.
+/// How long a failed job waits before its next attempt (`ingest.retry_base_ms` doubling up to
+/// `ingest.retry_max_ms`, jittered; see [`crate::retry`]).
 pub fn retry_delay(attempt: i32, s: &IngestSettings) -> Duration {
-    let exponent = attempt.clamp(1, 31) as u32 - 1;
-    let full = s
-        .retry_base_ms
-        .saturating_mul(1u64 << exponent.min(30))
-        .min(s.retry_max_ms);
-    let mut bytes = [0u8; 8];
-    let jitter = match getrandom::fill(&mut bytes) {
-        Ok(()) => u64::from_le_bytes(bytes) % (full / 2 + 1),
-        Err(_) => 0,
-    };
-    Duration::from_millis(full - jitter)
+    crate::retry::jittered_backoff(attempt, s.retry_base_ms, s.retry_max_ms)
 }
 
 impl IngestService {
@@ -431,28 +420,14 @@ mod tests {
     }
 
     #[test]
-    fn retry_delays_double_up_to_the_cap_with_up_to_half_taken_off() {
+    fn retry_delays_follow_the_ingest_settings() {
         let s = Settings::defaults_with(&[
             ("ingest.retry_base_ms".into(), "1000".into()),
-            ("ingest.retry_max_ms".into(), "10000".into()),
+            ("ingest.retry_max_ms".into(), "3000".into()),
         ])
         .unwrap()
         .ingest;
-        for (attempt, full) in [
-            (1, 1000),
-            (2, 2000),
-            (3, 4000),
-            (4, 8000),
-            (5, 10000),
-            (40, 10000),
-        ] {
-            for _ in 0..50 {
-                let d = retry_delay(attempt, &s).as_millis() as u64;
-                assert!((full / 2..=full).contains(&d), "attempt {attempt}: {d} ms");
-            }
-        }
-        let spread: std::collections::HashSet<u128> =
-            (0..50).map(|_| retry_delay(4, &s).as_millis()).collect();
-        assert!(spread.len() > 10, "jittered: {spread:?}");
+        let d = retry_delay(5, &s).as_millis();
+        assert!((1500..=3000).contains(&d), "capped at retry_max_ms: {d} ms");
     }
 }

@@ -52,21 +52,10 @@ pub fn sign(secret: &str, timestamp: i64, body: &str) -> String {
     )
 }
 
-/// How long a delivery waits after failed attempt number `attempt`: doubling from
-/// `retry_base_ms` up to `retry_max_ms`, less a random part of up to half, so deliveries that
-/// failed together (a receiver's outage) do not all come back at once.
+/// How long a delivery waits after failed attempt number `attempt` (`webhooks.retry_base_ms`
+/// doubling up to `webhooks.retry_max_ms`, jittered; see [`crate::retry`]).
 pub fn retry_delay(attempt: i32, s: &WebhookSettings) -> Duration {
-    let exponent = attempt.clamp(1, 31) as u32 - 1;
-    let full = s
-        .retry_base_ms
-        .saturating_mul(1u64 << exponent.min(30))
-        .min(s.retry_max_ms);
-    let mut bytes = [0u8; 8];
-    let jitter = match getrandom::fill(&mut bytes) {
-        Ok(()) => u64::from_le_bytes(bytes) % (full / 2 + 1),
-        Err(_) => 0,
-    };
-    Duration::from_millis(full - jitter)
+    crate::retry::jittered_backoff(attempt, s.retry_base_ms, s.retry_max_ms)
 }
 
 /// One attempt: POSTs the stored body, signed, and reads at most a snippet of the answer. Never
@@ -381,18 +370,14 @@ mod tests {
     }
 
     #[test]
-    fn retry_delays_double_up_to_the_cap_with_up_to_half_taken_off() {
+    fn retry_delays_follow_the_webhook_settings() {
         let s = Settings::defaults_with(&[
             ("webhooks.retry_base_ms".into(), "1000".into()),
-            ("webhooks.retry_max_ms".into(), "10000".into()),
+            ("webhooks.retry_max_ms".into(), "3000".into()),
         ])
         .unwrap()
         .webhooks;
-        for (attempt, full) in [(1, 1000), (2, 2000), (4, 8000), (5, 10000), (40, 10000)] {
-            for _ in 0..50 {
-                let d = retry_delay(attempt, &s).as_millis() as u64;
-                assert!((full / 2..=full).contains(&d), "attempt {attempt}: {d} ms");
-            }
-        }
+        let d = retry_delay(5, &s).as_millis();
+        assert!((1500..=3000).contains(&d), "capped at retry_max_ms: {d} ms");
     }
 }
