@@ -1173,7 +1173,9 @@ async fn webhook_suite(store: Arc<SqlStore>) {
     );
     let listed = hooks.list_subscriptions().await.unwrap();
     assert_eq!(listed.len(), 3);
-    assert_eq!(listed[0].events, all.to_vec());
+    // Created in the same millisecond, they list in id order: find `a` by its id.
+    let listed_a = listed.iter().find(|s| s.id == a.id).unwrap();
+    assert_eq!(listed_a.events, all.to_vec());
     assert_eq!(
         hooks.get_subscription(b.id).await.unwrap().unwrap().events,
         vec![WebhookEvent::DocumentDeleted]
