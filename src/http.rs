@@ -295,6 +295,23 @@ impl From<HistoryError> for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// A listing's page from its query: `limit` (default `default`, at most `max`) and `offset`
+/// (default 0), or `invalid_request` naming both bounds.
+pub fn page_bounds(
+    limit: Option<i64>,
+    offset: Option<i64>,
+    default: i64,
+    max: i64,
+) -> ApiResult<(i64, i64)> {
+    let (limit, offset) = (limit.unwrap_or(default), offset.unwrap_or(0));
+    if !(1..=max).contains(&limit) || offset < 0 {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1..={max} and offset >= 0"
+        )));
+    }
+    Ok((limit, offset))
+}
+
 /// A JSON body that parsed but has the wrong shape is `invalid_request`; one that is not JSON at
 /// all is `malformed_json`.
 pub fn deserialize_error(e: &serde_json::Error) -> ApiError {

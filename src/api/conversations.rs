@@ -12,9 +12,10 @@ use uuid::Uuid;
 
 use super::model::ErrorBody;
 use crate::AppState;
-use crate::http::{ApiError, ApiResult};
+use crate::http::{ApiError, ApiResult, page_bounds};
 use crate::response::history::{
-    CollectionSatisfaction, ConversationDetail, ConversationView, FeedbackView, Rating, owner_of,
+    CollectionSatisfaction, ConversationDetail, ConversationView, FeedbackView, PAGE_MAX, Rating,
+    owner_of,
 };
 use crate::security::Caller;
 use crate::storage::answers::FeedbackQuery;
@@ -38,17 +39,6 @@ pub struct CreateConversation {
 pub struct Page {
     limit: Option<i64>,
     offset: Option<i64>,
-}
-
-fn page(p: &Page) -> ApiResult<(i64, i64)> {
-    let limit = p.limit.unwrap_or(50);
-    let offset = p.offset.unwrap_or(0);
-    if !(1..=200).contains(&limit) || offset < 0 {
-        return Err(ApiError::bad_request(
-            "limit must be 1..=200 and offset >= 0",
-        ));
-    }
-    Ok((limit, offset))
 }
 
 /// Start a conversation.
@@ -84,7 +74,7 @@ pub async fn list_conversations(
     state: web::Data<AppState>,
     q: web::Query<Page>,
 ) -> ApiResult<HttpResponse> {
-    let (limit, offset) = page(&q)?;
+    let (limit, offset) = page_bounds(q.limit, q.offset, 50, PAGE_MAX)?;
     let conversations = state
         .history
         .list(&owner_of(&caller), limit, offset)
@@ -99,9 +89,9 @@ pub async fn list_conversations(
 pub async fn get_conversation(
     caller: Caller,
     state: web::Data<AppState>,
-    id: web::Path<String>,
+    id: web::Path<Uuid>,
 ) -> ApiResult<HttpResponse> {
-    let id = parse_id(&id)?;
+    let id = id.into_inner();
     let detail = state
         .history
         .conversation(&owner_of(&caller), id, TURNS_SHOWN)
@@ -116,21 +106,11 @@ pub async fn get_conversation(
 pub async fn delete_conversation(
     caller: Caller,
     state: web::Data<AppState>,
-    id: web::Path<String>,
+    id: web::Path<Uuid>,
 ) -> ApiResult<HttpResponse> {
-    let id = parse_id(&id)?;
+    let id = id.into_inner();
     state.history.delete(&owner_of(&caller), id).await?;
     Ok(HttpResponse::NoContent().finish())
-}
-
-fn parse_id(raw: &str) -> ApiResult<Uuid> {
-    Uuid::parse_str(raw).map_err(|_| {
-        ApiError::new(
-            actix_web::http::StatusCode::BAD_REQUEST,
-            "invalid_id",
-            format!("{raw:?} is not a UUID"),
-        )
-    })
 }
 
 /// `POST /v1/feedback`.
@@ -197,10 +177,7 @@ pub async fn feedback_report(
     q: web::Query<FeedbackFilter>,
 ) -> ApiResult<HttpResponse> {
     caller.require_admin()?;
-    let (limit, offset) = page(&Page {
-        limit: q.limit,
-        offset: q.offset,
-    })?;
+    let (limit, offset) = page_bounds(q.limit, q.offset, 50, PAGE_MAX)?;
     let since = match &q.since {
         Some(s) => Some(
             DateTime::parse_from_rfc3339(s)

@@ -28,7 +28,7 @@ use crate::AppState;
 use crate::config::LimitsSettings;
 use crate::http::{
     ApiError, ApiResult, Check, check_cache, check_database, check_documents, check_embedder,
-    check_ingest, check_vectors, deserialize_error, no_cache,
+    check_ingest, check_vectors, deserialize_error, no_cache, page_bounds,
 };
 use crate::ingest::DEFAULT_COLLECTION;
 use crate::ingest::Upload;
@@ -460,13 +460,7 @@ pub async fn list_documents(
     state: web::Data<AppState>,
     q: web::Query<ListParams>,
 ) -> ApiResult<HttpResponse> {
-    let limit = q.limit.unwrap_or(100);
-    let offset = q.offset.unwrap_or(0);
-    if !(1..=1000).contains(&limit) || offset < 0 {
-        return Err(ApiError::bad_request(
-            "limit must be 1..=1000 and offset >= 0",
-        ));
-    }
+    let (limit, offset) = page_bounds(q.limit, q.offset, 100, 1000)?;
     let documents = match &q.collection {
         Some(c) if !caller.can_read(c) => Vec::new(),
         _ => {

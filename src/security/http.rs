@@ -447,13 +447,7 @@ async fn delete_ip_block(
 
 async fn audit_log(sec: Security, q: web::Query<AuditParams>) -> ApiResult<HttpResponse> {
     let q = q.into_inner();
-    let limit = q.limit.unwrap_or(100);
-    let offset = q.offset.unwrap_or(0);
-    if !(1..=1000).contains(&limit) || offset < 0 {
-        return Err(ApiError::bad_request(
-            "limit must be 1..=1000 and offset >= 0",
-        ));
-    }
+    let (limit, offset) = crate::http::page_bounds(q.limit, q.offset, 100, 1000)?;
     let actor = match q.user {
         None => None,
         Some(u) if u.contains(':') => Some(u),

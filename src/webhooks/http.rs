@@ -2,7 +2,6 @@
 //! test, and the delivery log. Admins only (the guard admits no one else, and each handler checks
 //! again); every change is audited. The secret is in the create response only.
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -13,7 +12,7 @@ use uuid::Uuid;
 use super::{PingResult, SubscriptionRequest};
 use crate::AppState;
 use crate::api::model::ErrorBody;
-use crate::http::{ApiError, ApiResult};
+use crate::http::ApiResult;
 use crate::security::Caller;
 use crate::security::audit::{AuditCtx, Event, Outcome};
 use crate::storage::webhooks::{
@@ -312,15 +311,7 @@ pub async fn list_deliveries(
     q: web::Query<PageParams>,
 ) -> ApiResult<HttpResponse> {
     caller.require_admin()?;
-    let limit = q.limit.unwrap_or(100);
-    let offset = q.offset.unwrap_or(0);
-    if !(1..=1000).contains(&limit) || offset < 0 {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "limit must be 1..=1000 and offset >= 0",
-        ));
-    }
+    let (limit, offset) = crate::http::page_bounds(q.limit, q.offset, 100, 1000)?;
     let deliveries = state.webhooks.deliveries(*id, limit, offset).await?;
     Ok(HttpResponse::Ok().json(DeliveryList {
         deliveries: deliveries.into_iter().map(DeliveryView::from).collect(),
