@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{RedisServer, free_port, redis_url};
+use common::{RedisServer, redis_url};
 
 use doc_rag::storage::Cache;
 use doc_rag::storage::cache::redis::RedisCache;
@@ -85,8 +85,7 @@ async fn replicas_share_entries_and_invalidations() {
 /// when it is back, the cache serves again without a restart.
 #[tokio::test]
 async fn a_redis_outage_degrades_to_no_cache_and_recovers() {
-    let port = free_port();
-    let server = RedisServer::start(port);
+    let (server, port) = RedisServer::start_on_free_port();
     let cache = redis(&format!("redis://127.0.0.1:{port}"));
     put_now(&cache, "c", "q", "cached").await;
     assert_eq!(cache.get("c", "q").await.as_deref(), Some("cached"));
@@ -122,8 +121,7 @@ async fn a_redis_outage_degrades_to_no_cache_and_recovers() {
 /// cache until it has been written, so the entry it invalidated is never served.
 #[tokio::test]
 async fn an_invalidation_redis_missed_is_written_before_the_cache_serves_again() {
-    let port = free_port();
-    let _server = RedisServer::start(port);
+    let (_server, port) = RedisServer::start_on_free_port();
     let url = format!("redis://127.0.0.1:{port}");
     let cache = redis(&url);
     put_now(&cache, "c", "q", "before the delete").await;

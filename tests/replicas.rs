@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backend, RedisServer, TestApp, free_port, redis_url};
+use common::{Backend, RedisServer, TestApp, redis_url};
 use serde_json::{Value, json};
 
 async fn search(app: &TestApp, query: &str) -> Value {
@@ -74,8 +74,7 @@ async fn ready(app: &TestApp) -> (u16, Value) {
 /// are computed without the cache; when Redis returns, the service is ready again untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_redis_degrades_and_never_fails_a_request() {
-    let port = free_port();
-    let redis = RedisServer::start(port);
+    let (redis, port) = RedisServer::start_on_free_port();
     let url = format!("redis://127.0.0.1:{port}");
     let app = TestApp::spawn_with(Backend::Sqlite, &[("cache.redis_url", url.as_str())]).await;
     app.ingest_text(

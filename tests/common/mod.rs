@@ -465,8 +465,29 @@ impl Drop for ServerProcess {
 pub struct RedisServer(std::process::Child);
 
 impl RedisServer {
+    /// A Redis server on `port` (a restart on a port a test already uses).
     pub fn start(port: u16) -> Self {
-        let child = std::process::Command::new("redis-server")
+        Self::try_start(port)
+            .unwrap_or_else(|| panic!("redis-server could not listen on port {port}"))
+    }
+
+    /// A Redis server on a free port, and the port. Tests run in parallel and free ports are
+    /// reused, so another test's server may take the port between the probe and the start;
+    /// then the start is retried on another one.
+    pub fn start_on_free_port() -> (Self, u16) {
+        for _ in 0..5 {
+            let port = free_port();
+            if let Some(server) = Self::try_start(port) {
+                return (server, port);
+            }
+        }
+        panic!("redis-server could not start on five free ports");
+    }
+
+    /// `None` when our redis-server exits instead of serving: the port is taken, possibly by
+    /// another test's server, which must not be mistaken for ours.
+    fn try_start(port: u16) -> Option<Self> {
+        let mut child = std::process::Command::new("redis-server")
             .args([
                 "--port",
                 &port.to_string(),
@@ -485,7 +506,16 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self(child)
+        // A server that cannot bind exits at once; give it the time to.
+        std::thread::sleep(Duration::from_millis(100));
+        match child.try_wait() {
+            Ok(None) => Some(Self(child)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                None
+            }
+        }
     }
 }
 
