@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use text_splitter::{ChunkConfig, ChunkSizer, MarkdownSplitter, TextSplitter};
 use tokenizers::Tokenizer;
 
@@ -47,6 +47,105 @@ impl ChunkSizer for TokenSizer {
     }
 }
 
+/// Token counts of any slice of one text, from a single tokenisation of it.
+///
+/// The splitters size many overlapping candidate chunks of a long document; tokenising each
+/// candidate again kept chunking at 120-200 KiB/s. A WordPiece tokenizer splits text into words
+/// at whitespace and punctuation and tokenises each word on its own, so a slice that starts at
+/// the first piece of a word and ends at the last piece of a word holds exactly the tokens whose
+/// offsets lie inside it: a binary search over the offsets counts them. A slice cut inside a word
+/// (the splitters' character-level fallback for an over-long word), or a string that is not a
+/// slice of the text, is tokenised for real.
+struct TextTokens<'t> {
+    text: &'t str,
+    /// False when the tokenizer failed on the text: every count then goes to the tokenizer.
+    indexed: bool,
+    /// Byte range of each token in `text`, in order.
+    starts: Vec<usize>,
+    ends: Vec<usize>,
+    /// Whether each token is the first / the last piece of its word.
+    first: Vec<bool>,
+    last: Vec<bool>,
+    exact: &'t TokenSizer,
+}
+
+/// Tokenised in windows this large (cut at whitespace, which no token spans), so a huge document
+/// never holds one huge `Encoding`.
+const WINDOW_BYTES: usize = 64 * 1024;
+
+impl<'t> TextTokens<'t> {
+    fn new(exact: &'t TokenSizer, text: &'t str) -> Self {
+        let mut table = Self {
+            text,
+            indexed: true,
+            starts: Vec::new(),
+            ends: Vec::new(),
+            first: Vec::new(),
+            last: Vec::new(),
+            exact,
+        };
+        let mut start = 0;
+        while start < text.len() {
+            let end = text
+                .get(start + WINDOW_BYTES..)
+                .and_then(|rest| rest.find(char::is_whitespace))
+                .map_or(text.len(), |at| start + WINDOW_BYTES + at);
+            if !table.add_window(start, &text[start..end]) {
+                table.indexed = false;
+                break;
+            }
+            start = end;
+        }
+        table
+    }
+
+    fn add_window(&mut self, at: usize, window: &str) -> bool {
+        let Ok(encoding) = self.exact.0.encode(window, false) else {
+            return false;
+        };
+        let words = encoding.get_word_ids();
+        for (i, &(start, end)) in encoding.get_offsets().iter().enumerate() {
+            // Added tokens carry no word id: each is a word of its own.
+            let word = words.get(i).copied().flatten();
+            let first = i == 0 || word.is_none() || words[i - 1] != word;
+            let last = i + 1 == words.len() || word.is_none() || words[i + 1] != word;
+            self.starts.push(at + start);
+            self.ends.push(at + end);
+            self.first.push(first);
+            self.last.push(last);
+        }
+        true
+    }
+
+    fn count(&self, chunk: &str) -> usize {
+        let offset = (chunk.as_ptr() as usize).wrapping_sub(self.text.as_ptr() as usize);
+        let inside = offset <= self.text.len() && chunk.len() <= self.text.len() - offset;
+        if !self.indexed || !inside {
+            return self.exact.count(chunk);
+        }
+        let (a, b) = (offset, offset + chunk.len());
+        // Tokens i..j are those that overlap a..b.
+        let i = self.ends.partition_point(|&end| end <= a);
+        let j = self.starts.partition_point(|&start| start < b);
+        if i >= j {
+            return 0;
+        }
+        let whole_words =
+            self.starts[i] >= a && self.first[i] && self.ends[j - 1] <= b && self.last[j - 1];
+        if whole_words {
+            j - i
+        } else {
+            self.exact.count(chunk)
+        }
+    }
+}
+
+impl ChunkSizer for TextTokens<'_> {
+    fn size(&self, chunk: &str) -> usize {
+        self.count(chunk)
+    }
+}
+
 /// A trimmed chunk as a byte range of the parsed text, with its token count.
 #[derive(Debug, Clone, Copy)]
 struct Span {
@@ -58,8 +157,6 @@ struct Span {
 /// Splits text into token-bounded chunks. Cheap to share: `Send + Sync`, all methods take `&self`.
 pub struct Chunker {
     sizer: TokenSizer,
-    text: TextSplitter<TokenSizer>,
-    markdown: MarkdownSplitter<TokenSizer>,
     max_tokens: usize,
     overlap_tokens: usize,
 }
@@ -95,34 +192,35 @@ impl Chunker {
             .with_truncation(None)
             .map_err(|e| anyhow::anyhow!("disabling tokenizer truncation: {e}"))?;
         tokenizer.with_padding(None);
-        let sizer = TokenSizer(Arc::new(tokenizer));
-
-        let config = || {
-            ChunkConfig::new(max_tokens)
-                .with_sizer(sizer.clone())
-                .with_overlap(overlap_tokens)
-                .context("invalid chunk configuration")
-        };
         Ok(Self {
-            text: TextSplitter::new(config()?),
-            markdown: MarkdownSplitter::new(config()?),
-            sizer,
+            sizer: TokenSizer(Arc::new(tokenizer)),
             max_tokens,
             overlap_tokens,
         })
+    }
+
+    /// The splitters' configuration over one document's token table. The overlap was checked
+    /// against the capacity in [`Chunker::new`], so this cannot fail.
+    fn config<'a>(&self, tokens: &'a TextTokens<'a>) -> ChunkConfig<&'a TextTokens<'a>> {
+        let config = ChunkConfig::new(self.max_tokens).with_sizer(tokens);
+        match config.with_overlap(self.overlap_tokens) {
+            Ok(config) => config,
+            Err(_) => ChunkConfig::new(self.max_tokens).with_sizer(tokens),
+        }
     }
 
     /// Chunks of `text`, in order, with indices `0..n`. `markdown` selects the Markdown-aware
     /// splitter. Chunks are trimmed, empty ones dropped, and fragments smaller than an eighth
     /// of the budget joined with a neighbour when the result still fits.
     pub fn chunk(&self, text: &str, markdown: bool) -> Vec<TextChunk> {
-        // Most documents fit in one chunk; one tokenisation settles that, where the splitters
-        // would measure many candidate splits first.
         let trimmed = text.trim();
         if trimmed.is_empty() {
             return Vec::new();
         }
-        let tokens = self.sizer.count(trimmed);
+        // One tokenisation sizes every candidate the splitters try (and settles that most
+        // documents fit in one chunk).
+        let table = TextTokens::new(&self.sizer, text);
+        let tokens = table.count(trimmed);
         if tokens <= self.max_tokens {
             return vec![TextChunk {
                 index: 0,
@@ -131,10 +229,14 @@ impl Chunker {
                 token_count: tokens as u32,
             }];
         }
-        let pieces: Box<dyn Iterator<Item = (usize, &str)> + '_> = if markdown {
-            Box::new(self.markdown.chunk_indices(text))
+        let pieces: Vec<(usize, &str)> = if markdown {
+            MarkdownSplitter::new(self.config(&table))
+                .chunk_indices(text)
+                .collect()
         } else {
-            Box::new(self.text.chunk_indices(text))
+            TextSplitter::new(self.config(&table))
+                .chunk_indices(text)
+                .collect()
         };
         let mut spans: Vec<Span> = Vec::new();
         // A small span waiting to be joined with the span after it.
@@ -151,12 +253,12 @@ impl Chunker {
             let mut span = Span {
                 start,
                 end: start + trimmed.len(),
-                tokens: self.sizer.count(trimmed),
+                tokens: table.count(trimmed),
             };
             if let Some(small) = pending.take() {
-                match self.join(text, small, span) {
+                match self.join(&table, small, span) {
                     Some(joined) => span = joined,
-                    None => self.push_small(text, markdown, &mut spans, small),
+                    None => self.push_small(&table, markdown, &mut spans, small),
                 }
             }
             if self.is_small(span) {
@@ -166,7 +268,7 @@ impl Chunker {
             }
         }
         if let Some(small) = pending {
-            self.push_small(text, markdown, &mut spans, small);
+            self.push_small(&table, markdown, &mut spans, small);
         }
 
         spans
@@ -193,19 +295,25 @@ impl Chunker {
 
     /// The union of two spans if it fits the budget. With overlap the spans intersect; the
     /// union is still one contiguous slice of the text.
-    fn join(&self, text: &str, first: Span, second: Span) -> Option<Span> {
+    fn join(&self, table: &TextTokens<'_>, first: Span, second: Span) -> Option<Span> {
         let (start, end) = (first.start.min(second.start), first.end.max(second.end));
-        let tokens = self.sizer.count(text.get(start..end)?);
+        let tokens = table.count(table.text.get(start..end)?);
         (tokens <= self.max_tokens).then_some(Span { start, end, tokens })
     }
 
     /// Places a small span that could not be joined forward: appended to the previous chunk if
     /// it fits, except a heading, which would then dangle at the end of an unrelated section.
-    fn push_small(&self, text: &str, markdown: bool, spans: &mut Vec<Span>, small: Span) {
-        let heading = markdown && text[small.start..].starts_with('#');
+    fn push_small(
+        &self,
+        table: &TextTokens<'_>,
+        markdown: bool,
+        spans: &mut Vec<Span>,
+        small: Span,
+    ) {
+        let heading = markdown && table.text[small.start..].starts_with('#');
         if !heading
             && let Some(last) = spans.last_mut()
-            && let Some(joined) = self.join(text, *last, small)
+            && let Some(joined) = self.join(table, *last, small)
         {
             *last = joined;
             return;
@@ -418,6 +526,66 @@ mod tests {
         );
     }
 
+    /// The splitters cut the runbook exactly where they cut it when every candidate was
+    /// tokenised on its own.
+    #[test]
+    fn one_tokenisation_splits_like_tokenising_every_candidate() {
+        let text = std::fs::read_to_string(RUNBOOK).expect("read seed runbook");
+        let exact = chunker(200, 24).sizer;
+        let table = TextTokens::new(&exact, &text);
+        for (max, overlap) in [(200, 24), (64, 8), (30, 0)] {
+            let config = || ChunkConfig::new(max).with_overlap(overlap).expect("config");
+            let fast: Vec<(usize, &str)> = MarkdownSplitter::new(config().with_sizer(&table))
+                .chunk_indices(&text)
+                .collect();
+            let slow: Vec<(usize, &str)> =
+                MarkdownSplitter::new(config().with_sizer(exact.clone()))
+                    .chunk_indices(&text)
+                    .collect();
+            assert_eq!(fast, slow, "markdown, {max}/{overlap}");
+            let fast: Vec<(usize, &str)> = TextSplitter::new(config().with_sizer(&table))
+                .chunk_indices(&text)
+                .collect();
+            let slow: Vec<(usize, &str)> = TextSplitter::new(config().with_sizer(exact.clone()))
+                .chunk_indices(&text)
+                .collect();
+            assert_eq!(fast, slow, "text, {max}/{overlap}");
+        }
+    }
+
+    #[test]
+    fn counts_of_slices_cut_inside_words_and_of_other_strings_are_exact() {
+        let exact = chunker(200, 24).sizer;
+        let text = "Unbelievably, Zoë's naïve café [CLS] serves 東京 ramen—tonight!";
+        let table = TextTokens::new(&exact, text);
+        let bounds: Vec<usize> = (0..=text.len())
+            .filter(|&i| text.is_char_boundary(i))
+            .collect();
+        for (n, &a) in bounds.iter().enumerate() {
+            for &b in &bounds[n..] {
+                assert_eq!(
+                    table.count(&text[a..b]),
+                    exact.count(&text[a..b]),
+                    "{:?}",
+                    &text[a..b]
+                );
+            }
+        }
+        // Not a slice of the text: tokenised for real.
+        assert_eq!(table.count("hello world"), 2);
+    }
+
+    #[test]
+    fn a_long_document_is_tokenised_in_windows_with_the_same_counts() {
+        let exact = chunker(200, 24).sizer;
+        let text = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. ".repeat(4000);
+        assert!(text.len() > 3 * WINDOW_BYTES);
+        let table = TextTokens::new(&exact, &text);
+        assert_eq!(table.count(&text), exact.count(&text));
+        let middle = &text[WINDOW_BYTES - 300..WINDOW_BYTES + 300];
+        assert_eq!(table.count(middle), exact.count(middle));
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
@@ -442,6 +610,17 @@ mod tests {
 
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Any slice of any text counts as many tokens from the table as from the tokenizer.
+            #[test]
+            fn slice_counts_match_the_tokenizer(text in "[a-zA-Z0-9 .,;:!?'éüß東京\\-\n]{0,200}", cuts in prop::collection::vec(any::<prop::sample::Index>(), 2)) {
+                let exact = &shared().sizer;
+                let table = TextTokens::new(exact, &text);
+                let bounds: Vec<usize> = (0..=text.len()).filter(|&i| text.is_char_boundary(i)).collect();
+                let (a, b) = (cuts[0].get(&bounds), cuts[1].get(&bounds));
+                let (a, b) = (*a.min(b), *a.max(b));
+                prop_assert_eq!(table.count(&text[a..b]), exact.count(&text[a..b]));
+            }
 
             /// Every chunk is non-empty, within the token budget and the slice of the text at its
             /// offset; chunks are numbered in order; every non-blank byte is in some chunk.
