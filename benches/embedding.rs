@@ -3,6 +3,9 @@
 //! `cargo bench --bench embedding` measures documents/s for the ingestion path (texts grouped by
 //! token length) against the same texts in arrival order (padding to each batch's longest text),
 //! and chunking throughput. Under `cargo test` it runs a seconds-long smoke pass.
+//! `DOCRAG__EMBEDDER__MODEL_FILE` picks the graph in the model directory (default `model.onnx`).
+
+mod common;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -14,10 +17,12 @@ use doc_rag::ingest::chunk::Chunker;
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let models = std::env::var_os("DOCRAG__EMBEDDER__MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or(root.join("models"));
-    let settings = Settings::for_tests(&std::env::temp_dir(), &models, &[]).expect("settings");
+    let models = common::model_dir();
+    // The graph to time: `DOCRAG__EMBEDDER__MODEL_FILE=model-fp32.onnx` for the fp32 one.
+    let extra: Vec<(String, String)> = std::env::var("DOCRAG__EMBEDDER__MODEL_FILE")
+        .map(|f| vec![("embedder.model_file".to_string(), f)])
+        .unwrap_or_default();
+    let settings = Settings::for_tests(&std::env::temp_dir(), &models, &extra).expect("settings");
     let corpus = std::fs::read_to_string(root.join("../shared/datasets/dbpedia-5k/corpus.jsonl"))
         .expect("dataset");
     let n = if full { 2000 } else { 64 };
@@ -47,7 +52,8 @@ fn main() {
         }
         let arrival = t.elapsed().as_secs_f64();
         println!(
-            "embedding {n} texts: grouped by length {:.1} texts/s, arrival order {:.1} texts/s ({:.2}x)",
+            "embedding {n} texts with {}: grouped by length {:.1} texts/s, arrival order {:.1} texts/s ({:.2}x)",
+            settings.embedder.model_file,
             n as f64 / grouped,
             n as f64 / arrival,
             arrival / grouped

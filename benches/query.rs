@@ -11,56 +11,23 @@
 //! The target is search ≤ 1.3 × (embed + index) and answer ≤ search + 2 ms. It also prints the
 //! ingestion rate of the load. Under `cargo test` it runs a short smoke pass on 200 documents.
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+mod common;
 
-use doc_rag::config::Settings;
-use doc_rag::embedder::Priority;
-use doc_rag::ingest::Upload;
-use doc_rag::query::SearchParams;
+use std::time::Instant;
+
 use doc_rag::response::AnswerParams;
-use doc_rag::storage::vector::{SearchMode, VectorQuery};
-use serde_json::{Map, Value, json};
+use serde_json::json;
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
+use common::{ms, percentile};
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let models = std::env::var_os("DOCRAG__EMBEDDER__MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or(root.join("models"));
-    let data = root.join("../shared/datasets/dbpedia-5k");
-    let corpus = std::fs::read_to_string(data.join("corpus.jsonl")).expect("dataset");
-    let queries: Vec<String> = std::fs::read_to_string(data.join("queries.jsonl"))
-        .expect("dataset")
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|q| q["text"].as_str().map(str::to_string))
-        .collect();
-    let docs = if full { usize::MAX } else { 200 };
+    let corpus = common::corpus(if full { usize::MAX } else { 200 });
+    let queries = common::queries();
     let rounds = if full { 5 } else { 1 };
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let settings = Settings::for_tests(
-        dir.path(),
-        &models,
-        &[
-            (
-                "parser.command".into(),
-                env!("CARGO_BIN_EXE_doc-rag").into(),
-            ),
-            ("log.level".into(), "warn".into()),
-        ],
-    )
-    .expect("settings");
+    let settings = common::settings(dir.path());
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async move {
         let app = doc_rag::Application::build(settings.clone())
@@ -69,99 +36,22 @@ fn main() {
         let state = app.state();
         let server = tokio::spawn(app.run_until_stopped());
 
-        let uploads: Vec<Upload> = corpus
-            .lines()
-            .take(docs)
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .map(|d| {
-                let mut metadata = Map::new();
-                metadata.insert("source_id".into(), d["_id"].clone());
-                Upload {
-                    title: d["title"].as_str().map(str::to_string),
-                    file_name: None,
-                    content_type: Some("text/plain".into()),
-                    content: d["text"].as_str().unwrap_or("").as_bytes().to_vec(),
-                    collection: None,
-                    external_id: None,
-                    metadata: Some(metadata),
-                    request_id: None,
-                }
-            })
-            .collect();
-        let n = uploads.len();
+        let n = corpus.len();
         let started = Instant::now();
-        let mut jobs = Vec::new();
-        let mut uploads = uploads.into_iter().peekable();
-        while uploads.peek().is_some() {
-            let batch: Vec<Upload> = uploads.by_ref().take(2000).collect();
-            let submitted = state.ingest.submit_batch(batch).await.expect("bulk submit");
-            assert!(submitted.rejected.is_empty(), "{:?}", submitted.rejected);
-            jobs.extend(submitted.submitted.into_iter().map(|(_, s)| s.job_id));
-        }
-        for job in jobs {
-            let job = state
-                .ingest
-                .wait(job, Duration::from_secs(3600))
-                .await
-                .expect("job");
-            assert_eq!(job.status.as_str(), "done", "{job:?}");
-        }
+        common::load(&state, common::uploads(&corpus, 0)).await;
         let secs = started.elapsed().as_secs_f64();
         println!(
             "loaded {n} documents in {secs:.1} s: {:.1} docs/s (bulk submit -> indexed)",
             n as f64 / secs
         );
 
-        let q = &settings.query;
         let (mut embed, mut index, mut search, mut answer) = (vec![], vec![], vec![], vec![]);
         for _ in 0..rounds {
             for text in &queries {
-                let t = Instant::now();
-                let dense = state
-                    .embedder
-                    .embed(vec![text.clone()], Priority::Query)
-                    .await
-                    .expect("embed")
-                    .pop();
-                embed.push(t.elapsed());
-                let sparse = Some(state.bm25.query(text));
-                let t = Instant::now();
-                let hits = state
-                    .storage
-                    .vectors
-                    .search(VectorQuery {
-                        mode: SearchMode::Hybrid,
-                        dense,
-                        sparse,
-                        limit: q.default_top_k,
-                        prefetch_limit: q.prefetch_limit,
-                        rrf_k: q.rrf_k,
-                        weights: None,
-                        collection: None,
-                        collections: None,
-                        filter: None,
-                    })
-                    .await
-                    .expect("index");
-                index.push(t.elapsed());
-                std::hint::black_box(hits);
-
-                let t = Instant::now();
-                let found = state
-                    .search
-                    .search(SearchParams {
-                        query: text.clone(),
-                        top_k: q.default_top_k,
-                        mode: SearchMode::Hybrid,
-                        collection: None,
-                        filter: None,
-                        scope: None,
-                        fresh: true,
-                    })
-                    .await
-                    .expect("search");
-                search.push(t.elapsed());
-                assert!(!found.cached);
+                let times = common::time_query(&state, text).await;
+                embed.push(times.embed);
+                index.push(times.index);
+                search.push(times.search);
 
                 let t = Instant::now();
                 let answered = state
@@ -184,6 +74,7 @@ fn main() {
                 std::hint::black_box(answered);
             }
         }
+        let median = |v| percentile(v, 0.5);
         let (e, i, s, a) = (median(embed), median(index), median(search), median(answer));
         let floor = e + i;
         println!(

@@ -181,6 +181,19 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         // Installed before anything is counted, so nothing before the first scrape is lost.
         telemetry::metrics_handle();
+        let embedder = embedder::load(&settings.embedder)
+            .await
+            .context("embedder")?;
+        Self::build_with(settings, embedder).await
+    }
+
+    /// [`Application::build`] around an embedder the caller loaded: the scaling benchmark wraps
+    /// the model to replay its vectors for duplicated documents.
+    pub async fn build_with(
+        settings: Settings,
+        embedder: Arc<dyn Embedder>,
+    ) -> anyhow::Result<Self> {
+        telemetry::metrics_handle();
         telemetry::register_event_counters();
         telemetry::set_slow_request_ms(settings.log.slow_request_ms);
         let storage = open_storage(&settings).await?;
@@ -199,9 +212,6 @@ impl Application {
         )
         .await
         .context("security")?;
-        let embedder = embedder::load(&settings.embedder)
-            .await
-            .context("embedder")?;
         let bm25 = Arc::new(Bm25Encoder::new(&settings.query).map_err(anyhow::Error::msg)?);
         let ingest = Arc::new(IngestService::new(
             storage.clone(),
