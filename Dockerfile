@@ -8,7 +8,7 @@
 # /models and its state in the /data volume; it works with a read-only root file system when
 # /data and /tmp are writable (deploy/k8s/deployment.yaml).
 FROM rust:1.95-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends libpq-dev python3 python3-pip && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends libpq-dev python3 python3-pip python3-venv && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 # The commit is compiled in: build_info{git_sha} on /metrics says which build serves.

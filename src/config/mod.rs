@@ -269,6 +269,7 @@ pub struct EmbedderSettings {
     pub max_length: usize,
     pub batch_size: usize,
     pub batch_tokens: usize,
+    pub batch_tokens_querying: usize,
     pub threads: usize,
     pub memory_arena: bool,
     pub max_texts: usize,
@@ -559,6 +560,9 @@ impl Settings {
         if self.embedder.batch_size == 0 {
             return invalid("embedder.batch_size must be at least 1");
         }
+        if self.embedder.batch_tokens_querying == 0 {
+            return invalid("embedder.batch_tokens_querying must be at least 1");
+        }
         if self.embedder.batch_tokens < self.embedder.max_length {
             return invalid("embedder.batch_tokens must be at least embedder.max_length");
         }
@@ -689,6 +693,10 @@ fn read_secret_file(var: &str, path: &str) -> Result<String, ConfigError> {
         .map_err(|e| ConfigError::Invalid(format!("{var}: cannot read {path}: {e}")))
 }
 
+/// Settings whose own name ends in `_file`: `DOCRAG__EMBEDDER__MODEL_FILE` sets the setting, it
+/// does not name a secret file holding `embedder.model`.
+const SETTINGS_NAMED_FILE: [&str; 1] = ["EMBEDDER__MODEL_FILE"];
+
 /// `(section.key, contents)` for every `DOCRAG__SECTION__KEY_FILE` variable, read from its file.
 fn secret_file_pairs(
     vars: impl Iterator<Item = (String, String)>,
@@ -697,6 +705,7 @@ fn secret_file_pairs(
     for (name, path) in vars {
         let Some(key) = name
             .strip_prefix("DOCRAG__")
+            .filter(|k| !SETTINGS_NAMED_FILE.contains(k))
             .and_then(|k| k.strip_suffix("_FILE"))
         else {
             continue;
@@ -726,6 +735,11 @@ mod tests {
             ),
             ("DOCRAG__LOG__LEVEL".to_string(), "debug".to_string()),
             ("PATH_FILE".to_string(), "/nonexistent".to_string()),
+            // A setting named `*_file`, not a secret.
+            (
+                "DOCRAG__EMBEDDER__MODEL_FILE".to_string(),
+                "model-fp32.onnx".to_string(),
+            ),
         ];
         assert_eq!(
             secret_file_pairs(vars.into_iter()).unwrap(),

@@ -13,7 +13,7 @@ pub mod http;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use fastembed::{
@@ -151,6 +151,8 @@ impl FastEmbedder {
             engine,
             batch_size: settings.batch_size,
             batch_tokens: settings.batch_tokens,
+            batch_tokens_querying: settings.batch_tokens_querying.max(1),
+            last_query: None,
             max_length: settings.max_length,
             query_burst: settings.query_burst.max(1),
             query_rx,
@@ -273,12 +275,20 @@ struct Worker {
     batch_size: usize,
     /// Padded tokens (texts × the longest) one ingestion batch may hold; see [`take_batch`].
     batch_tokens: usize,
+    /// The cap on ingestion batches while queries arrive: a query waits for the model call in
+    /// progress, so that call must be short.
+    batch_tokens_querying: usize,
+    /// When the last query batch was served.
+    last_query: Option<Instant>,
     max_length: usize,
     query_burst: usize,
     query_rx: mpsc::Receiver<Request>,
     ingest_rx: mpsc::Receiver<Request>,
     busy_since: Arc<AtomicU64>,
 }
+
+/// Ingestion batches stay at `batch_tokens_querying` for this long after the last query.
+const QUERIES_RECENT: Duration = Duration::from_secs(1);
 
 /// A model call longer than this means the thread is wedged.
 const STALL_MS: u64 = 120_000;
@@ -388,10 +398,18 @@ impl Worker {
             })
             .collect();
         waiting.sort_unstable();
+        let querying = self
+            .last_query
+            .is_some_and(|t| t.elapsed() < QUERIES_RECENT);
+        let cap = if querying {
+            self.batch_tokens_querying.min(self.batch_tokens)
+        } else {
+            self.batch_tokens
+        };
         let n = take_batch(
             waiting.iter().map(|w| w.0),
             self.batch_size,
-            self.batch_tokens,
+            cap,
             self.max_length,
         );
         waiting.truncate(n);
@@ -444,6 +462,7 @@ impl Worker {
     }
 
     fn serve_queries(&mut self, requests: Vec<Request>) {
+        self.last_query = Some(Instant::now());
         for r in &requests {
             metrics::histogram!("embedder_queue_wait_seconds", "priority" => "query")
                 .record(r.queued_at.elapsed().as_secs_f64());
